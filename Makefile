@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# The manifest scanner (checkov) has a large dependency tree of its own: it lives in its own venv.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed
+
 .PHONY: run test bench setup clean
 
 $(STAMP): pyproject.toml
@@ -12,15 +16,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(SCAN_STAMP): deploy/scan-requirements.txt
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install --quiet -r deploy/scan-requirements.txt
+	touch $(SCAN_STAMP)
+
+setup: $(STAMP) $(SCAN_STAMP)
 
 ## Run the processor on the embedded default: no backend, forwarded requests printed to stdout.
 run: $(STAMP)
 	$(BIN)/otlp-triage serve
 
 ## Set up and run the test suite.
-test: $(STAMP)
+test: $(STAMP) $(SCAN_STAMP)
 	$(BIN)/python -m pytest -q
 
+## Reproducible load through the processor vs a bytes relay and the naive SDK pipeline.
+bench: $(STAMP)
+	$(BIN)/python tests/bench/run.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,91 @@
+"""Takes processed requests off the queue and delivers them, retrying for as long as it takes.
+
+Retryable failures are retried with exponential backoff and jitter, honouring the server's
+Retry-After / RetryInfo; meanwhile the queue fills and receivers push back on the senders upstream,
+so nothing acknowledged is dropped. Permanent failures (bad data) and partial success are not
+retried (OTLP says so): they are counted and logged with the backend's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from ..metrics import Metrics
+from ..queue import Batch, BoundedQueue
+from .transports import Permanent, Retryable, Sent
+
+log = logging.getLogger(__name__)
+
+INITIAL_BACKOFF_S = 0.5
+MAX_HINT_S = 300.0  # a server's Retry-After is honoured, up to this
+
+
+class Exporter:
+    def __init__(self, transport, queue: BoundedQueue, metrics: Metrics, concurrency: int, max_interval_s: float):
+        self.transport = transport
+        self.queue = queue
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.max_interval_s = max_interval_s
+        self._workers: list[asyncio.Task] = []
+        self._in_flight: dict[int, Batch] = {}
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work(), name=f"exporter-{i}") for i in range(self.concurrency)]
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            self._in_flight[id(batch)] = batch
+            try:
+                await self.deliver(batch)
+            finally:
+                del self._in_flight[id(batch)]
+                self.queue.done(batch)
+
+    def backoff(self, attempt: int, hint_s: float | None) -> float:
+        delay = min(self.max_interval_s, INITIAL_BACKOFF_S * 2**attempt) * random.uniform(0.8, 1.2)
+        if hint_s is not None:
+            delay = max(delay, min(hint_s, MAX_HINT_S))
+        return delay
+
+    async def deliver(self, batch: Batch) -> None:
+        attempt = 0
+        while True:
+            try:
+                outcome = await self.transport.send(batch.payload)
+            except Exception as error:  # a transport bug must not kill the worker: retry, loudly
+                log.exception("export attempt failed unexpectedly")
+                outcome = Retryable(f"{type(error).__name__}: {error}")
+            if isinstance(outcome, Sent):
+                self.metrics.export_requests.labels("success").inc()
+                self.metrics.records_forwarded.inc(batch.records - outcome.rejected)
+                if outcome.rejected:
+                    self.metrics.records_dropped.labels("partial_success").inc(outcome.rejected)
+                    log.warning(
+                        "backend accepted the request partially: %d of %d records rejected: %s",
+                        outcome.rejected, batch.records, outcome.message,
+                    )
+                return
+            if isinstance(outcome, Permanent):
+                self.metrics.export_requests.labels("permanent_failure").inc()
+                self.metrics.records_dropped.labels("permanent_error").inc(batch.records)
+                log.error("backend refused %d records permanently, not retrying: %s", batch.records, outcome.reason)
+                return
+            self.metrics.export_requests.labels("retryable_failure").inc()
+            self.metrics.export_retries.inc()
+            delay = self.backoff(attempt, outcome.retry_after_s)
+            log.warning("export failed, retrying in %.1fs (attempt %d): %s", delay, attempt + 1, outcome.reason)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def stop(self) -> int:
+        """Cancel the workers; returns how many acknowledged records were never delivered."""
+        undelivered = sum(b.records for b in self._in_flight.values()) + sum(b.records for b in self.queue.pending())
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self.transport.close()
+        return undelivered

@@ -1,0 +1,78 @@
+"""What both receivers do with a request body: admit, decode, process, queue. No sockets here.
+
+A request is acknowledged only once it is in the queue; a request that does not fit is refused
+before any decoding work is spent on it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from . import otlp_json
+from .metrics import Metrics
+from .pipeline import Pipeline, Stats
+from .queue import Batch, BoundedQueue
+from .status import INVALID, OVERLOADED, SHUTTING_DOWN, TOO_LARGE, UNSUPPORTED, Rejected
+
+PROTOBUF = "protobuf"
+JSON = "json"
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """The decoded body; a body that would expand past ``limit`` is refused without expanding it."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise Rejected(UNSUPPORTED, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
+    # wbits: 16+ for a gzip wrapper, + for zlib; deflate bodies in the wild are zlib-wrapped.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise Rejected(INVALID, f"malformed {encoding} body: {e}") from None
+    if len(out) > limit:
+        raise Rejected(TOO_LARGE, f"decompressed body exceeds the limit of {limit} bytes")
+    if not inflater.eof:
+        raise Rejected(INVALID, f"truncated {encoding} body")
+    return out
+
+
+class Intake:
+    def __init__(self, pipeline: Pipeline, queue: BoundedQueue, metrics: Metrics):
+        self.pipeline = pipeline
+        self.queue = queue
+        self.metrics = metrics
+        self.accepting = True
+
+    def accept(self, payload: bytes, encoding: str, transport: str) -> Stats:
+        """Process and queue one decompressed request body; raises Rejected with the reason."""
+        if not self.accepting:
+            raise Rejected(SHUTTING_DOWN, "shutting down; send to another replica or retry")
+        if not self.queue.has_room(len(payload)):
+            raise Rejected(OVERLOADED, "export queue is full; retry later")
+        request = self.decode(payload, encoding)
+        stats = self.pipeline.process(request)
+        self.queue.put(Batch(request.SerializeToString(), stats.records))
+        self.metrics.accepted(transport, stats)
+        return stats
+
+    def refused(self, transport: str, rejected: Rejected) -> None:
+        """Count a refusal, whichever stage (receiver or intake) raised it."""
+        self.metrics.rejected(transport, rejected.refusal.reason)
+
+    @staticmethod
+    def decode(payload: bytes, encoding: str) -> ExportLogsServiceRequest:
+        request = ExportLogsServiceRequest()
+        if encoding == JSON:
+            try:
+                return otlp_json.decode(payload, request)
+            except otlp_json.JsonError as e:
+                raise Rejected(INVALID, str(e)) from None
+        try:
+            request.ParseFromString(payload)
+        except DecodeError as e:
+            raise Rejected(INVALID, f"malformed protobuf ExportLogsServiceRequest: {e}") from None
+        return request

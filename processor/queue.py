@@ -1,0 +1,67 @@
+"""The bounded in-memory queue between receivers and exporter.
+
+Bounded in bytes (``TRIAGE_MEMORY_LIMIT_MIB``): a request is admitted only if it fits, otherwise the
+receiver answers with backpressure and the sender retries — nothing is dropped silently. Bytes
+stay counted until the export is finished (delivered or given up), so in-flight data counts too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Batch:
+    payload: bytes  # a serialized ExportLogsServiceRequest
+    records: int
+
+
+class QueueFull(Exception):
+    """No room for the request: the caller answers 503 / UNAVAILABLE with a retry hint."""
+
+
+class BoundedQueue:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.records = 0
+        self.batches = 0  # queued or in flight
+        self._items: deque[Batch] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def has_room(self, size: int) -> bool:
+        # An empty queue takes any request (each is already capped by the request-size limit),
+        # so one large request cannot be refused forever.
+        return self.bytes == 0 or self.bytes + size <= self.max_bytes
+
+    def put(self, batch: Batch) -> None:
+        self._items.append(batch)
+        self.bytes += len(batch.payload)
+        self.records += batch.records
+        self.batches += 1
+        self._idle.clear()
+        self._wakeup.set()
+
+    async def get(self) -> Batch:
+        while not self._items:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+    def done(self, batch: Batch) -> None:
+        """The batch is finished with (delivered, or given up and counted): release its room."""
+        self.bytes -= len(batch.payload)
+        self.records -= batch.records
+        self.batches -= 1
+        if self.batches == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def pending(self) -> list[Batch]:
+        return list(self._items)

@@ -1,0 +1,1 @@
+"""Thin I/O shells: OTLP/gRPC and OTLP/HTTP in front of the one Intake."""

@@ -1,0 +1,50 @@
+"""OTLP/gRPC receiver: opentelemetry.proto.collector.logs.v1.LogsService/Export.
+
+The request arrives as raw bytes (no deserializer) so that decoding errors become our
+INVALID_ARGUMENT with a message, and the response is a constant empty ExportLogsServiceResponse.
+"""
+
+from __future__ import annotations
+
+import grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from ..intake import PROTOBUF, Intake
+from ..status import Rejected, grpc_trailers
+
+SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+_EMPTY_RESPONSE = ExportLogsServiceResponse().SerializeToString()
+
+
+class GrpcReceiver:
+    def __init__(self, intake: Intake, endpoint: str, max_message_bytes: int):
+        self.intake = intake
+        self.endpoint = endpoint
+        # gRPC applies this limit to the decompressed message as well, so a compressed bomb is
+        # refused by grpc itself (RESOURCE_EXHAUSTED) before it reaches us.
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ]
+        )
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {"Export": grpc.unary_unary_rpc_method_handler(self.export)},  # no (de)serializers: raw bytes
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(endpoint)
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.server.stop(grace_s)
+
+    async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            self.intake.accept(request, PROTOBUF, "grpc")
+        except Rejected as rejected:
+            self.intake.refused("grpc", rejected)
+            await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
+        return _EMPTY_RESPONSE

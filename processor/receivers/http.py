@@ -1,0 +1,77 @@
+"""OTLP/HTTP receiver: POST /v1/logs, protobuf or JSON, optionally gzip, answered in the request's encoding."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+
+from .. import otlp_json
+from ..intake import JSON, PROTOBUF, Intake, decompress
+from ..status import INVALID, RETRY_AFTER_S, TOO_LARGE, UNSUPPORTED, Rejected, rpc_status
+
+_CONTENT_TYPES = {"application/x-protobuf": PROTOBUF, "application/json": JSON}
+_EMPTY_RESPONSE = {
+    PROTOBUF: ExportLogsServiceResponse().SerializeToString(),
+    JSON: otlp_json.encode(ExportLogsServiceResponse()),
+}
+
+
+class HttpReceiver:
+    def __init__(self, intake: Intake, endpoint: str, max_request_bytes: int, max_decompressed_bytes: int):
+        self.intake = intake
+        self.endpoint = endpoint
+        self.max_request_bytes = max_request_bytes
+        self.max_decompressed_bytes = max_decompressed_bytes
+        self.app = web.Application(client_max_size=max_request_bytes)
+        self.app.router.add_post("/v1/logs", self.logs)
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        host, _, port = self.endpoint.rpartition(":")
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host.strip("[]"), int(port), backlog=1024)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+
+    async def stop(self, grace_s: float) -> None:
+        if self.runner is not None:
+            await self.runner.shutdown()
+            await self.runner.cleanup()
+
+    async def logs(self, request: web.Request) -> web.Response:
+        encoding = _CONTENT_TYPES.get(request.content_type, PROTOBUF)
+        try:
+            if request.content_type not in _CONTENT_TYPES:
+                raise Rejected(
+                    UNSUPPORTED,
+                    f"unsupported Content-Type {request.content_type!r}; use application/x-protobuf or application/json",
+                )
+            if request.content_length is not None and request.content_length > self.max_request_bytes:
+                raise Rejected(TOO_LARGE, f"body of {request.content_length} bytes exceeds the limit of {self.max_request_bytes}")
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Rejected(TOO_LARGE, f"body exceeds the limit of {self.max_request_bytes} bytes") from None
+            payload = decompress(
+                body, request.headers.get("Content-Encoding", "").strip().lower(), self.max_decompressed_bytes
+            )
+            self.intake.accept(payload, encoding, "http")
+        except Rejected as rejected:
+            self.intake.refused("http", rejected)
+            return _error_response(rejected, encoding)
+        return web.Response(body=_EMPTY_RESPONSE[encoding], content_type=_content_type(encoding))
+
+
+def _content_type(encoding: str) -> str:
+    return "application/json" if encoding == JSON else "application/x-protobuf"
+
+
+def _error_response(rejected: Rejected, encoding: str) -> web.Response:
+    status = rpc_status(rejected)
+    body = otlp_json.encode(status) if encoding == JSON else status.SerializeToString()
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if rejected.refusal.retryable else {}
+    return web.Response(
+        status=rejected.refusal.http_status, body=body, content_type=_content_type(encoding), headers=headers
+    )

@@ -1,0 +1,109 @@
+"""Wires the parts together and runs them: start-up, serving, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from .admin import Admin
+from .classify import Classifier, builtin_catalog, load_catalog
+from .config import Config
+from .downgrade import load_rule_set
+from .export import Exporter, make_transport
+from .intake import Intake
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .queue import BoundedQueue
+from .receivers.grpc import GrpcReceiver
+from .receivers.http import HttpReceiver
+
+log = logging.getLogger("otlp-triage")
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """The pure core, compiled once from the config (raises CatalogError / RulesError on bad files)."""
+    signatures = builtin_catalog()
+    if config.signatures_file:
+        signatures = load_catalog(config.signatures_file) + signatures
+    classifier = Classifier(signatures, config.ua_cache_size)
+    return Pipeline(classifier, load_rule_set(config.rules_file), config.downgrade_sources, config.mode)
+
+
+class Service:
+    def __init__(self, config: Config, transport=None):
+        self.config = config
+        self.metrics = Metrics()
+        self.pipeline = build_pipeline(config)
+        self.queue = BoundedQueue(config.memory_limit_bytes)
+        self.intake = Intake(self.pipeline, self.queue, self.metrics)
+        self.transport = transport or make_transport(config.exporter)
+        self.exporter = Exporter(
+            self.transport, self.queue, self.metrics, config.export_concurrency, config.retry_max_interval_s
+        )
+        self.admin = Admin(config.admin_endpoint, self.metrics)
+        self.grpc = (
+            GrpcReceiver(self.intake, config.grpc_endpoint, config.max_decompressed_bytes)
+            if config.grpc_endpoint
+            else None
+        )
+        self.http = (
+            HttpReceiver(self.intake, config.http_endpoint, config.max_request_bytes, config.max_decompressed_bytes)
+            if config.http_endpoint
+            else None
+        )
+        self.metrics.queue_bytes.set_function(lambda: self.queue.bytes)
+        self.metrics.queue_records.set_function(lambda: self.queue.records)
+        self.metrics.queue_batches.set_function(lambda: self.queue.batches)
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.admin.start()
+        self.exporter.start()
+        if self.grpc:
+            await self.grpc.start()
+        if self.http:
+            await self.http.start()
+        self.admin.ready = True
+        log.info(
+            "serving: otlp/grpc %s, otlp/http %s, admin %s; exporting to %s; downgrading %s in %s mode",
+            self.config.grpc_endpoint or "off",
+            self.config.http_endpoint or "off",
+            self.config.admin_endpoint,
+            self.transport.description,
+            ",".join(sorted(self.config.downgrade_sources)) or "nothing",
+            self.config.mode,
+        )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stop.wait()
+        return await self.shutdown()
+
+    async def shutdown(self) -> int:
+        """Stop accepting, drain the queue within TRIAGE_SHUTDOWN_TIMEOUT; 0 when nothing was lost."""
+        timeout = self.config.shutdown_timeout_s
+        log.info("shutting down: draining %d queued records (up to %.0fs)", self.queue.records, timeout)
+        self.admin.ready = False
+        self.intake.accepting = False
+        # In-flight calls finish (and land in the queue) before the drain starts.
+        receivers = [r for r in (self.grpc, self.http) if r is not None]
+        await asyncio.gather(*(r.stop(min(5.0, timeout / 4)) for r in receivers))
+        try:
+            await asyncio.wait_for(self.queue.wait_idle(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        lost = await self.exporter.stop()
+        if lost:
+            self.metrics.records_dropped.labels("shutdown").inc(lost)
+            log.error("shutdown timeout: %d acknowledged records were not delivered", lost)
+        else:
+            log.info("drained; exiting")
+        await self.admin.stop()
+        return 0 if not lost else 1
