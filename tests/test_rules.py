@@ -1,0 +1,127 @@
+"""Downgrade rules: where the built-in Auth0 rule recognises the error, and rules files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+from processor.downgrade import RulesError, builtin_rules, load_rule_set
+from processor.downgrade.rules import RuleSet
+
+AUTH0 = RuleSet(builtin_rules())
+
+
+def text(body: str, severity: int = 17, **attributes: str) -> LogRecord:
+    return LogRecord(
+        severity_number=severity,
+        body=AnyValue(string_value=body),
+        attributes=[KeyValue(key=k.replace("_", "."), value=AnyValue(string_value=v)) for k, v in attributes.items()],
+    )
+
+
+def kvlist(**values) -> AnyValue:
+    return AnyValue(
+        kvlist_value=KeyValueList(
+            values=[
+                KeyValue(key=k, value=v if isinstance(v, AnyValue) else AnyValue(string_value=v))
+                for k, v in values.items()
+            ]
+        )
+    )
+
+
+MATCHING = [
+    # v3, console.error(msg, err): Node's util.inspect of the error
+    text("Middleware error refreshing access token or session: AccessTokenError: The user does not have a valid "
+         "session.\n    at getAccessToken (/app/x.js:1:1) {\n  code: 'ERR_MISSING_SESSION'\n}"),
+    # the shape the issue quotes
+    text('Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: '
+         '"AccessTokenError", message: "The user does not have a valid session." }'),
+    # pino JSON text, v3 and v4 codes
+    text('{"level":50,"err":{"type":"AccessTokenError","code":"ERR_MISSING_SESSION"},"msg":"refresh failed"}'),
+    text('{"level":50,"err":{"type":"AccessTokenError","code":"missing_session"},"msg":"refresh failed"}'),
+    # map body with a nested error object
+    LogRecord(severity_number=17, body=kvlist(msg="x", error=kvlist(name="AccessTokenError", code="missing_session"))),
+    # attributes only
+    text("getAccessToken failed", exception_type="AccessTokenError", code="ERR_MISSING_SESSION"),
+    text("failed", exception_message="AccessTokenError: The user does not have a valid session. (ERR_MISSING_SESSION)"),
+    # WARN is enough
+    text("AccessTokenError ERR_MISSING_SESSION", severity=13),
+]
+
+NOT_MATCHING = [
+    text("AccessTokenError ERR_MISSING_SESSION", severity=9),  # INFO: not noise worth touching
+    text("AccessTokenError: ERR_EXPIRED_ACCESS_TOKEN"),  # another Auth0 code: a real problem
+    text("ERR_MISSING_SESSION without the error type"),
+    text("NotAccessTokenError ERR_MISSING_SESSION"),  # whole words only
+    text("AccessTokenError ERR_MISSING_SESSIONS"),
+    text('{"err":{"type":"TypeError","code":"ERR_MISSING_SESSION"}}'),  # JSON: the type must match the key
+    LogRecord(severity_number=17, body=AnyValue(int_value=1)),
+]
+
+
+@pytest.mark.parametrize("record", MATCHING)
+def test_auth0_rule_recognises(record: LogRecord) -> None:
+    """Each real-world shape of the Auth0 error matches the built-in rule."""
+    rule = AUTH0.match(record, record.severity_number)
+    assert rule is not None and rule.name == "auth0-missing-session"
+
+
+@pytest.mark.parametrize("record", NOT_MATCHING)
+def test_auth0_rule_ignores(record: LogRecord) -> None:
+    """Near misses and low severities do not match."""
+    assert AUTH0.match(record, record.severity_number) is None
+
+
+class TestRulesFile:
+    def write(self, tmp_path: Path, document: dict) -> str:
+        path = tmp_path / "rules.json"
+        path.write_text(json.dumps(document))
+        return str(path)
+
+    def test_user_rule_and_disabled_builtin(self, tmp_path: Path) -> None:
+        """A file adds a rule (body regex + attribute) and switches the built-in off."""
+        path = self.write(
+            tmp_path,
+            {
+                "disable_builtin": ["auth0-missing-session"],
+                "rules": [
+                    {
+                        "name": "nextauth-no-session",
+                        "min_severity_number": 17,
+                        "body": ["\\[next-auth\\]\\[error\\]\\[SESSION_ERROR\\]"],
+                        "attributes": {"http.route": "^/api/"},
+                    }
+                ],
+            },
+        )
+        rules = load_rule_set(path)
+        assert [r.name for r in rules.rules] == ["nextauth-no-session"]
+        hit = text("[next-auth][error][SESSION_ERROR] boom", http_route="/api/me")
+        miss = text("[next-auth][error][SESSION_ERROR] boom", http_route="/page")
+        assert rules.match(hit, 17).name == "nextauth-no-session"
+        assert rules.match(miss, 17) is None
+        assert rules.match(MATCHING[0], 17) is None  # the built-in is off
+
+    @pytest.mark.parametrize(
+        ("document", "says"),
+        [
+            ({"rules": [{"name": "x"}]}, "at least one condition"),
+            ({"rules": [{"name": "x", "body": ["("]}]}, "invalid regular expression"),
+            ({"rules": [{"name": "x", "code": ["A"], "colour": "red"}]}, "unknown key"),
+            ({"rules": [{"name": "x", "code": ["A"], "min_severity_number": 99}]}, "1..24"),
+            ({"disable_builtin": ["no-such-rule"]}, "names no built-in rule"),
+            ({"rules": [{"name": "auth0-missing-session", "code": ["A"]}]}, "clash"),
+            ({"rulez": []}, "expected an object with keys"),
+        ],
+    )
+    def test_bad_files_are_refused_with_the_reason(self, tmp_path: Path, document: dict, says: str) -> None:
+        """A broken rules file stops start-up with the file and the problem named."""
+        path = self.write(tmp_path, document)
+        with pytest.raises(RulesError, match=says) as caught:
+            load_rule_set(path)
+        assert path in str(caught.value)
