@@ -8,6 +8,7 @@ what would be valid, instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,37 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TRIAGE_RULES_FILE", "", "JSON file with extra downgrade rules and built-in rules to switch off."),
     Variable("TRIAGE_SIGNATURES_FILE", "", "JSON file with extra source signatures (checked before the built-in catalog)."),
     Variable("TRIAGE_MODE", "enforce", "enforce: downgrade; shadow: only mark triage.would_downgrade."),
+    Variable(
+        "TRIAGE_DOWNGRADE_CONFIDENCE",
+        "certain",
+        "certain: rules fire only on direct or trace-correlated evidence; likely: weak evidence too.",
+    ),
+    Variable(
+        "TRIAGE_CORRELATION_TTL",
+        "60",
+        "Seconds a trace's verdict is remembered across requests; 0: correlate within one request only.",
+    ),
+    Variable("TRIAGE_CORRELATION_MAX_TRACES", "100000", "Traces remembered at most (oldest forgotten first)."),
+    Variable(
+        "TRIAGE_CORRELATION_WINDOW",
+        "2",
+        "Seconds a record a rule matches waits for its trace's evidence; 0: never hold.",
+    ),
+    Variable(
+        "TRIAGE_TRACES_AS_EVIDENCE",
+        "false",
+        "true: accept OTLP traces (gRPC TraceService, POST /v1/traces) as evidence only; spans are not forwarded.",
+    ),
+    Variable(
+        "TRIAGE_MONITOR_CIDRS",
+        "",
+        "Monitor address ranges: name=cidr cidr;name2=cidr (name: a catalog signature, else synthetic).",
+    ),
+    Variable(
+        "TRIAGE_HEALTH_PATHS",
+        "/healthz,/readyz,/livez,/health,/ping",
+        "Exact request paths that are weak evidence of a probe (never enough alone to downgrade).",
+    ),
     Variable("TRIAGE_MAX_REQUEST_BYTES", str(8 * MiB), "Largest request body accepted as sent (compressed)."),
     Variable("TRIAGE_MAX_DECOMPRESSED_BYTES", str(32 * MiB), "Largest request accepted after decompression."),
     Variable(
@@ -112,6 +144,13 @@ class Config:
     rules_file: str
     signatures_file: str
     mode: str
+    downgrade_confidence: str
+    correlation_ttl_s: float
+    correlation_max_traces: int
+    correlation_window_s: float
+    traces_as_evidence: bool
+    monitor_cidrs: tuple[tuple[str, tuple[str, ...]], ...]
+    health_paths: tuple[str, ...]
     max_request_bytes: int
     max_decompressed_bytes: int
     memory_limit_bytes: int
@@ -134,6 +173,13 @@ class Config:
             rules_file=reader.get("TRIAGE_RULES_FILE", _readable_file, empty=""),
             signatures_file=reader.get("TRIAGE_SIGNATURES_FILE", _readable_file, empty=""),
             mode=reader.get("TRIAGE_MODE", _one_of("enforce", "shadow")),
+            downgrade_confidence=reader.get("TRIAGE_DOWNGRADE_CONFIDENCE", _one_of("certain", "likely")),
+            correlation_ttl_s=reader.get("TRIAGE_CORRELATION_TTL", _non_negative_float),
+            correlation_max_traces=reader.get("TRIAGE_CORRELATION_MAX_TRACES", _positive_int),
+            correlation_window_s=reader.get("TRIAGE_CORRELATION_WINDOW", _non_negative_float),
+            traces_as_evidence=reader.get("TRIAGE_TRACES_AS_EVIDENCE", _boolean),
+            monitor_cidrs=reader.get("TRIAGE_MONITOR_CIDRS", _monitor_cidrs, empty=()),
+            health_paths=reader.get("TRIAGE_HEALTH_PATHS", _paths, empty=()),
             max_request_bytes=reader.get("TRIAGE_MAX_REQUEST_BYTES", _positive_int),
             max_decompressed_bytes=reader.get("TRIAGE_MAX_DECOMPRESSED_BYTES", _positive_int),
             memory_limit_bytes=reader.get("TRIAGE_MEMORY_LIMIT_MIB", _positive_int) * MiB,
@@ -214,6 +260,48 @@ def _positive_float(value: str) -> float:
     if not number > 0 or number == float("inf"):
         raise _Invalid("expected a number of seconds greater than 0")
     return number
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _Invalid("expected a number of seconds, 0 or more") from None
+    if not number >= 0 or number == float("inf"):
+        raise _Invalid("expected a number of seconds, 0 or more")
+    return number
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise _Invalid("expected true or false")
+    return value.lower() == "true"
+
+
+def _monitor_cidrs(value: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    monitors = []
+    for part in value.split(";"):
+        if not part.strip():
+            continue
+        name, sep, ranges = part.partition("=")
+        cidrs = tuple(c for c in ranges.replace(",", " ").split() if c)
+        if not sep or not name.strip() or not cidrs:
+            raise _Invalid("expected name=cidr cidr;name2=cidr, e.g. datadog-synthetics=3.18.172.189/32 3.18.197.0/24")
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise _Invalid(f"{cidr!r} is not an address range, e.g. 203.0.113.0/24 or 2001:db8::/32") from None
+        monitors.append((name.strip(), cidrs))
+    return tuple(monitors)
+
+
+def _paths(value: str) -> tuple[str, ...]:
+    paths = tuple(p.strip() for p in value.split(",") if p.strip())
+    wrong = [p for p in paths if not p.startswith("/")]
+    if wrong:
+        raise _Invalid(f"paths must start with '/': {', '.join(wrong)}")
+    return paths
 
 
 def _one_of(*choices: str) -> Callable[[str], str]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
 from .admin import Admin
 from .classify import Classifier, builtin_catalog, load_catalog
+from .classify.classifier import MonitorCidrs
 from .config import Config
 from .downgrade import load_rule_set
 from .export import Exporter, make_transport
@@ -21,12 +23,22 @@ from .receivers.http import HttpReceiver
 log = logging.getLogger("otlp-triage")
 
 
-def build_pipeline(config: Config) -> Pipeline:
-    """The pure core, compiled once from the config (raises CatalogError / RulesError on bad files)."""
+def build_classifier(config: Config) -> Classifier:
     signatures = builtin_catalog()
     if config.signatures_file:
         signatures = load_catalog(config.signatures_file) + signatures
-    classifier = Classifier(signatures, config.ua_cache_size)
+    sources = {s.name: s.source for s in signatures}
+    # A monitor named in TRIAGE_MONITOR_CIDRS takes its catalog entry's source; an unknown name is a monitor.
+    cidrs = tuple(
+        MonitorCidrs(name, sources.get(name, "synthetic"), tuple(ipaddress.ip_network(c, strict=False) for c in ranges))
+        for name, ranges in config.monitor_cidrs
+    )
+    return Classifier(signatures, config.ua_cache_size, config.health_paths, cidrs)
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """The pure core, compiled once from the config (raises CatalogError / RulesError on bad files)."""
+    classifier = build_classifier(config)
     return Pipeline(classifier, load_rule_set(config.rules_file), config.downgrade_sources, config.mode)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 SIGNATURE_SOURCES = ("synthetic", "probe", "bot", "service")
-_KEYS = {"name", "source", "user_agent", "headers", "reference", "description"}
+_KEYS = {"name", "source", "user_agent", "headers", "tracestate", "reference", "description"}
 
 
 class CatalogError(ValueError):
@@ -28,6 +28,7 @@ class Signature:
     user_agent: tuple[str, ...]  # substrings, matched case-insensitively (kept as written, for evidence)
     headers: tuple[tuple[str, tuple[str, ...]], ...]  # (lowercase header, value substrings; empty = presence)
     reference: str
+    tracestate: tuple[str, ...] = ()  # substrings of a span's W3C tracestate
 
 
 def builtin_catalog() -> tuple[Signature, ...]:
@@ -91,8 +92,11 @@ def _signature(entry: Any) -> Signature:
         for k, v in headers.items()
     ):
         raise CatalogError(f"{name}: 'headers' must map header names to lists of non-empty strings")
-    if not user_agent and not headers:
-        raise CatalogError(f"{name}: give at least one of 'user_agent' or 'headers'")
+    tracestate = entry.get("tracestate", [])
+    if not isinstance(tracestate, list) or not all(isinstance(s, str) and s for s in tracestate):
+        raise CatalogError(f"{name}: 'tracestate' must be a list of non-empty strings")
+    if not user_agent and not headers and not tracestate:
+        raise CatalogError(f"{name}: give at least one of 'user_agent', 'headers' or 'tracestate'")
     reference = entry.get("reference", "")
     if not isinstance(reference, str):
         raise CatalogError(f"{name}: 'reference' must be a string (the public source of this entry)")
@@ -102,4 +106,5 @@ def _signature(entry: Any) -> Signature:
         user_agent=tuple(user_agent),
         headers=tuple((k.lower(), tuple(v)) for k, v in headers.items()),
         reference=reference,
+        tracestate=tuple(tracestate),
     )

@@ -6,21 +6,37 @@ user agent a single regex pass whose result is kept in a bounded LRU cache.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
+
+from dataclasses import dataclass
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from .catalog import Signature
-from .verdict import Verdict
+from .verdict import LIKELY, Verdict
 
 USER_AGENT_KEYS = ("user_agent.original", "http.user_agent", "http.request.header.user-agent")
 HEADER_PREFIX = "http.request.header."
+PATH_KEYS = ("url.path", "http.target", "http.route")
+ADDRESS_KEYS = ("client.address", "http.client_ip", "net.sock.peer.addr", "net.peer.ip", "network.peer.address")
+HEALTH_PATH_NAME = "health-check-path"
 
-# Rank of a verdict's kind of evidence within one record: a monitor's marker header is set on
-# purpose and beats a user agent; a recognised user agent beats "looks like a browser".
-_HEADER, _SIGNATURE_UA, _BROWSER_UA = 0, 1, 2
+# Rank of a verdict's kind of evidence within one record, best first: a monitor's marker header is
+# set on purpose; an address in a monitor's published ranges is next; then a recognised user agent;
+# then "looks like a browser"; a health-check path alone is only weak evidence.
+_HEADER, _ADDRESS, _SIGNATURE_UA, _BROWSER_UA, _PATH = 0, 1, 2, 3, 4
 _BROWSER_MARKER = "mozilla/"
+
+
+@dataclass(frozen=True)
+class MonitorCidrs:
+    """A monitor's published address ranges (TRIAGE_MONITOR_CIDRS)."""
+
+    name: str
+    source: str
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 def strings_of(value: AnyValue) -> list[str]:
@@ -34,7 +50,13 @@ def strings_of(value: AnyValue) -> list[str]:
 
 
 class Classifier:
-    def __init__(self, signatures: tuple[Signature, ...], ua_cache_size: int = 10_000):
+    def __init__(
+        self,
+        signatures: tuple[Signature, ...],
+        ua_cache_size: int = 10_000,
+        health_paths: tuple[str, ...] = (),
+        monitor_cidrs: tuple[MonitorCidrs, ...] = (),
+    ):
         self.signatures = signatures
         # Attribute key -> how to read it; the pipeline looks every attribute key up here once.
         self.evidence_keys: dict[str, str] = {key: "user_agent" for key in USER_AGENT_KEYS}
@@ -76,14 +98,71 @@ class Classifier:
                     made = Verdict(s.source, s.name, f"{key} is present", rank=(_HEADER, i))
                 self._header_rules.setdefault(key, []).append(made)
 
+        # tracestate (on spans): Datadog marks synthetic traces with o:synthetics.
+        self._tracestate = [
+            (needle.lower(), Verdict(s.source, s.name, f"tracestate contains {needle!r}", rank=(_HEADER, i)))
+            for i, s in enumerate(signatures)
+            for needle in s.tracestate
+        ]
+
+        # Health-check paths: exact match only, so /health-insurance is not /health.
+        self._paths: dict[tuple[str, str], Verdict] = {}
+        for key in PATH_KEYS if health_paths else ():
+            self.evidence_keys[key] = "path"
+            for path in health_paths:
+                self._paths[key, path] = Verdict(
+                    "probe", HEALTH_PATH_NAME, f"{key} is {path!r}", confidence=LIKELY, rank=(_PATH, 0)
+                )
+
+        self._cidrs = monitor_cidrs
+        self._cidr_verdicts = {
+            (key, m.name): Verdict(m.source, m.name, f"{key} in {m.name} address ranges", rank=(_ADDRESS, i))
+            for i, m in enumerate(monitor_cidrs)
+            for key in ADDRESS_KEYS
+        }
+        for key in ADDRESS_KEYS if monitor_cidrs else ():
+            self.evidence_keys[key] = "address"
+
         self.user_agent = lru_cache(maxsize=ua_cache_size)(self._user_agent)
+        self.address = lru_cache(maxsize=ua_cache_size)(self._address)
 
     def evidence(self, key: str, value: AnyValue) -> Verdict | None:
         """The verdict one evidence attribute (a key in ``evidence_keys``) gives, if any."""
-        if self.evidence_keys[key] == "user_agent":
+        kind = self.evidence_keys[key]
+        if kind == "user_agent":
             strings = strings_of(value)
             return self.user_agent(key, strings[0]) if strings else None
-        return self.header(key, strings_of(value))
+        if kind == "header":
+            return self.header(key, strings_of(value))
+        if value.WhichOneof("value") != "string_value":
+            return None
+        if kind == "path":
+            return self.path(key, value.string_value)
+        return self.address(key, value.string_value)
+
+    def path(self, key: str, target: str) -> Verdict | None:
+        path = target.split("?", 1)[0].split("#", 1)[0]
+        if len(path) > 1:
+            path = path.rstrip("/")
+        return self._paths.get((key, path))
+
+    def _address(self, key: str, text: str) -> Verdict | None:
+        try:
+            address = ipaddress.ip_address(text.strip().strip("[]"))
+        except ValueError:
+            return None
+        for monitor in self._cidrs:
+            for network in monitor.networks:
+                if address.version == network.version and address in network:
+                    return self._cidr_verdicts[key, monitor.name]
+        return None
+
+    def tracestate(self, value: str) -> Verdict | None:
+        lowered = value.lower()
+        for needle, verdict in self._tracestate:
+            if needle in lowered:
+                return verdict
+        return None
 
     def header(self, key: str, values: list[str]) -> Verdict | None:
         joined = "\n".join(values).lower()
