@@ -6,6 +6,7 @@ before any decoding work is spent on it.
 
 from __future__ import annotations
 
+import time
 import zlib
 
 from google.protobuf.message import DecodeError
@@ -49,15 +50,31 @@ class Intake:
 
     def accept(self, payload: bytes, encoding: str, transport: str) -> Stats:
         """Process and queue one decompressed request body; raises Rejected with the reason."""
+        self.admit(len(payload))
+        request = self.decode(payload, encoding)
+        now = time.monotonic()
+        stats = self.pipeline.process(request, now)
+        if stats.records:
+            self.queue.put(Batch(request.SerializeToString(), stats.records))
+        self.metrics.received(transport, stats.records + stats.held)
+        self.metrics.processed(stats)
+        self.release(now)  # this request's evidence may have freed records held earlier
+        return stats
+
+    def admit(self, size: int) -> None:
         if not self.accepting:
             raise Rejected(SHUTTING_DOWN, "shutting down; send to another replica or retry")
-        if not self.queue.has_room(len(payload)):
+        # Held records live in memory too: they count against the same bound as the queue.
+        if not self.queue.has_room(size + self.pipeline.holding.bytes):
             raise Rejected(OVERLOADED, "export queue is full; retry later")
-        request = self.decode(payload, encoding)
-        stats = self.pipeline.process(request)
-        self.queue.put(Batch(request.SerializeToString(), stats.records))
-        self.metrics.accepted(transport, stats)
-        return stats
+
+    def release(self, now: float, everything: bool = False) -> None:
+        """Queue the held records that are ready (evidence came, window passed), or all of them."""
+        released = self.pipeline.release_all(now) if everything else self.pipeline.release_ready(now)
+        if released is not None:
+            request, stats = released
+            self.queue.put(Batch(request.SerializeToString(), stats.records))
+            self.metrics.processed(stats)
 
     def refused(self, transport: str, rejected: Rejected) -> None:
         """Count a refusal, whichever stage (receiver or intake) raised it."""

@@ -54,10 +54,23 @@ class Metrics:
         self.queue_bytes = Gauge("triage_queue_bytes", "Bytes of requests queued or in flight.", registry=registry)
         self.queue_records = Gauge("triage_queue_records", "Records queued or in flight.", registry=registry)
         self.queue_batches = Gauge("triage_queue_batches", "Requests queued or in flight.", registry=registry)
+        self.held_records = Gauge(
+            "triage_held_records", "Records held waiting for their trace's evidence.", registry=registry
+        )
+        self.correlation_traces = Gauge(
+            "triage_correlation_traces", "Traces whose verdict is remembered.", registry=registry
+        )
+        self.correlation_evicted = Gauge(
+            "triage_correlation_evicted_traces",
+            "Traces forgotten early because TRIAGE_CORRELATION_MAX_TRACES was reached (a counter).",
+            registry=registry,
+        )
 
-    def accepted(self, transport: str, stats: Stats) -> None:
+    def received(self, transport: str, records: int) -> None:
         self.requests_received.labels(transport).inc()
-        self.records_received.labels(transport).inc(stats.records)
+        self.records_received.labels(transport).inc(records)
+
+    def processed(self, stats: Stats) -> None:
         for source, count in stats.by_source.items():
             self.records_by_source.labels(source).inc(count)
         for rule, count in stats.downgraded.items():

@@ -1,13 +1,17 @@
-"""The transform: classify, enrich and downgrade the records of one OTLP logs request, in place.
+"""The transform: classify, enrich and downgrade the records of OTLP logs requests, in place.
 
-No I/O here: receivers hand a decoded request in, the exporter takes it out. Everything that can be
-decided once (signatures, rules, prepared attributes) is decided in ``Pipeline.__init__``.
+No I/O here: receivers hand a decoded request in, the exporter takes it out; time comes in as an
+argument. Everything that can be decided once (signatures, rules, prepared attributes) is decided
+in ``Pipeline.__init__``.
 
 How a record's source is decided:
-1. its own attributes (marker header, user agent), else its resource's attributes;
-2. else the verdict of another record of the same trace (``trace_id``) in this request that has
-   evidence — when the trace's records disagree, ``user`` wins, so a real user is never downgraded;
-3. else ``unknown``.
+1. its own attributes (marker header, monitor address, user agent, health path), else its
+   resource's attributes;
+2. else the trace's verdict (``trace_id``): learned from other records with evidence, in this
+   request or an earlier one (``TraceMemory``), or from spans; when they disagree, ``user`` wins;
+3. else, if a rule matches the record, it is *held* for up to the correlation window waiting for
+   its trace's evidence (``Holding``), then released — classified ``unknown`` if nothing came;
+4. else ``unknown``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 
 from .classify import UNKNOWN, Classifier, Verdict
-from .classify.verdict import CERTAIN, SOURCE, SYNTHETIC_TYPE, TRACE_PRECEDENCE, string_attribute
+from .classify.verdict import CERTAIN, SOURCE, SYNTHETIC_TYPE, string_attribute
+from .correlation import Held, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
 
 ORIGINAL_SEVERITY_NUMBER = "triage.original_severity_number"
@@ -33,9 +39,10 @@ _TEXT_SEVERITY = {"WARN": 13, "WARNING": 13, "ERROR": 17, "CRITICAL": 21, "FATAL
 
 @dataclass
 class Stats:
-    """What one request's processing did, for metrics and tests."""
+    """What processing did, for metrics and tests."""
 
-    records: int = 0
+    records: int = 0  # records decided (enriched) now; held ones are counted when released
+    held: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
     downgraded: dict[str, int] = field(default_factory=dict)  # rule -> records
     would_downgrade: dict[str, int] = field(default_factory=dict)  # shadow mode: rule -> records
@@ -49,26 +56,44 @@ def effective_severity(record) -> int:
 
 
 class Pipeline:
-    def __init__(self, classifier: Classifier, rules: RuleSet, downgrade_sources: frozenset[str], mode: str = "enforce"):
+    def __init__(
+        self,
+        classifier: Classifier,
+        rules: RuleSet,
+        downgrade_sources: frozenset[str],
+        mode: str = "enforce",
+        downgrade_confidence: str = CERTAIN,
+        memory: TraceMemory | None = None,
+        window_s: float = 0.0,
+    ):
         self.classifier = classifier
         self.rules = rules
         self.downgrade_sources = downgrade_sources
         self.enforce = mode == "enforce"
+        self.any_confidence = downgrade_confidence != CERTAIN
+        # Without a shared memory, traces are correlated within one request only.
+        self.memory = memory
+        self.window_s = window_s if memory is not None and downgrade_sources else 0.0
+        self.holding = Holding()
+        self._ready: list[Held] = []  # released by new evidence, waiting for release_ready()
         self._rule_attributes = {r.name: string_attribute(RULE, r.name) for r in rules.rules}
         self._would_attributes = {r.name: string_attribute(WOULD_DOWNGRADE, r.name) for r in rules.rules}
 
-    def process(self, request: ExportLogsServiceRequest) -> Stats:
+    # --- per request -------------------------------------------------------------------------------------
+
+    def process(self, request: ExportLogsServiceRequest, now: float = 0.0) -> Stats:
+        """Classify, enrich and downgrade ``request`` in place; records to hold are moved out of it."""
         stats = Stats()
         classifier = self.classifier
         evidence_keys = classifier.evidence_keys
         min_rule_severity = self.rules.min_severity_number
-        trace_verdicts: dict[bytes, Verdict] = {}
-        decided: list[tuple] = []  # (record, own verdict or None, has synthetic type, rule or None)
+        memory = self.memory if self.memory is not None else TraceMemory(ttl_s=1.0, max_traces=1 << 30)
+        undecided: list[tuple] = []  # (record, index, has synthetic type, rule, resource_logs, scope_logs)
 
         for resource_logs in request.resource_logs:
             resource_verdict = classifier.attributes(resource_logs.resource.attributes)
             for scope_logs in resource_logs.scope_logs:
-                for record in scope_logs.log_records:
+                for index, record in enumerate(scope_logs.log_records):
                     verdict = None
                     has_synthetic_type = False
                     already = None
@@ -84,8 +109,8 @@ class Pipeline:
                             already = kv.value.string_value
                     if already is not None:
                         # Triaged upstream (a second processor in the path): pass on untouched.
+                        _count(stats.by_source, already)
                         stats.records += 1
-                        stats.by_source[already] = stats.by_source.get(already, 0) + 1
                         continue
                     if verdict is None:
                         verdict = resource_verdict
@@ -93,38 +118,56 @@ class Pipeline:
                     severity = effective_severity(record)
                     if severity >= min_rule_severity:
                         rule = self.rules.match(record, severity)
-                    trace_id = record.trace_id
-                    if verdict is not None and trace_id:
-                        known = trace_verdicts.get(trace_id)
-                        if known is None or TRACE_PRECEDENCE[verdict.source] < TRACE_PRECEDENCE[known.source]:
-                            trace_verdicts[trace_id] = verdict
-                    decided.append((record, verdict, has_synthetic_type, rule))
+                    if verdict is None:
+                        undecided.append((record, index, has_synthetic_type, rule, resource_logs, scope_logs))
+                        continue
+                    if record.trace_id:
+                        self._learn(memory, record.trace_id, verdict, now)
+                    self._decide(record, verdict, has_synthetic_type, rule, stats)
 
-        for record, verdict, has_synthetic_type, rule in decided:
-            if verdict is None:
-                known = trace_verdicts.get(record.trace_id) if record.trace_id else None
-                verdict = known.inherited() if known is not None else UNKNOWN
-            self.enrich(record, verdict, has_synthetic_type)
-            stats.records += 1
-            stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + 1
-            if rule is not None and self.fires(rule, verdict):
-                if self.enforce:
-                    self.downgrade(record, rule)
-                    stats.downgraded[rule.name] = stats.downgraded.get(rule.name, 0) + 1
-                else:
-                    record.attributes.append(self._would_attributes[rule.name])
-                    stats.would_downgrade[rule.name] = stats.would_downgrade.get(rule.name, 0) + 1
+        held_from: dict[int, tuple] = {}  # id(scope_logs) -> (scope_logs, held records)
+        for record, index, has_synthetic_type, rule, resource_logs, scope_logs in undecided:
+            trace_id = record.trace_id
+            known = memory.recall(trace_id, now) if trace_id else None
+            if known is not None:
+                self._decide(record, known.inherited(), has_synthetic_type, rule, stats)
+            elif rule is not None and trace_id and self.window_s > 0:
+                held_from.setdefault(id(scope_logs), (resource_logs, scope_logs, []))[2].append(
+                    (record, index, has_synthetic_type, rule)
+                )
+            else:
+                self._decide(record, UNKNOWN, has_synthetic_type, rule, stats)
+        if held_from:
+            stats.held = self._hold(held_from.values(), now)
         return stats
 
-    def fires(self, rule: Rule, verdict: Verdict) -> bool:
-        """Downgrade only on evidence: a configured monitor-like source, decided with certainty."""
-        return verdict.source in self.downgrade_sources and verdict.confidence == CERTAIN
+    def _learn(self, memory: TraceMemory, trace_id: bytes, verdict: Verdict, now: float) -> None:
+        memory.learn(trace_id, verdict, now)
+        if self.holding.waiting_for(trace_id):
+            self._ready.extend(self.holding.take_trace(trace_id))
 
-    @staticmethod
-    def enrich(record, verdict: Verdict, has_synthetic_type: bool) -> None:
+    def learn(self, trace_id: bytes, verdict: Verdict, now: float) -> None:
+        """Evidence from outside the logs (a span): remember it and free the trace's held records."""
+        if self.memory is not None:
+            self._learn(self.memory, trace_id, verdict, now)
+
+    def _decide(self, record, verdict: Verdict, has_synthetic_type: bool, rule: Rule | None, stats: Stats) -> None:
         record.attributes.extend(verdict.attributes)
         if verdict.synthetic_type is not None and not has_synthetic_type:
             record.attributes.append(verdict.synthetic_type)
+        stats.records += 1
+        _count(stats.by_source, verdict.source)
+        if rule is not None and self.fires(verdict):
+            if self.enforce:
+                self.downgrade(record, rule)
+                _count(stats.downgraded, rule.name)
+            else:
+                record.attributes.append(self._would_attributes[rule.name])
+                _count(stats.would_downgrade, rule.name)
+
+    def fires(self, verdict: Verdict) -> bool:
+        """Downgrade only on evidence: a configured monitor-like source, decided with enough confidence."""
+        return verdict.source in self.downgrade_sources and (self.any_confidence or verdict.confidence == CERTAIN)
 
     def downgrade(self, record, rule: Rule) -> None:
         record.attributes.append(
@@ -134,3 +177,62 @@ class Pipeline:
         record.attributes.append(self._rule_attributes[rule.name])
         record.severity_number = DEBUG_SEVERITY_NUMBER
         record.severity_text = "DEBUG"
+
+    # --- holding -----------------------------------------------------------------------------------------
+
+    def _hold(self, groups, now: float) -> int:
+        """Move the records to hold out of their request, keeping their resource and scope."""
+        count = 0
+        deadline = now + self.window_s
+        for resource_logs, scope_logs, waiting in groups:
+            group = ResourceLogs(resource=resource_logs.resource, schema_url=resource_logs.schema_url)
+            group.scope_logs.add(scope=scope_logs.scope, schema_url=scope_logs.schema_url)
+            group_size = group.ByteSize()
+            for record, _, has_synthetic_type, rule in waiting:
+                copy = LogRecord()
+                copy.CopyFrom(record)
+                self.holding.hold(
+                    copy.trace_id,
+                    Held(copy, group, rule, has_synthetic_type, deadline, copy.ByteSize() + group_size),
+                )
+                count += 1
+            for _, index, _, _ in sorted(waiting, key=lambda w: w[1], reverse=True):
+                del scope_logs.log_records[index]
+        return count
+
+    def release_ready(self, now: float) -> tuple[ExportLogsServiceRequest, Stats] | None:
+        """Held records whose evidence came, or whose window passed: a request to forward, or None."""
+        released = self._ready
+        self._ready = []
+        released.extend(self.holding.take_expired(now))
+        return self._release(released, now) if released else None
+
+    def release_all(self, now: float) -> tuple[ExportLogsServiceRequest, Stats] | None:
+        """Shutdown: every held record goes now, with whatever its trace is known to be."""
+        released = self._ready + self.holding.take_all()
+        self._ready = []
+        return self._release(released, now) if released else None
+
+    def next_deadline(self) -> float | None:
+        return self.holding.next_deadline()
+
+    def _release(self, released: list[Held], now: float) -> tuple[ExportLogsServiceRequest, Stats]:
+        stats = Stats()
+        request = ExportLogsServiceRequest()
+        groups: dict[int, object] = {}  # id(group skeleton) -> the ScopeLogs in the new request
+        for held in released:
+            scope_logs = groups.get(id(held.group))
+            if scope_logs is None:
+                resource_logs = request.resource_logs.add()
+                resource_logs.CopyFrom(held.group)
+                scope_logs = groups[id(held.group)] = resource_logs.scope_logs[0]
+            record = scope_logs.log_records.add()
+            record.CopyFrom(held.record)
+            known = self.memory.recall(record.trace_id, now) if self.memory is not None else None
+            verdict = known.inherited() if known is not None else UNKNOWN
+            self._decide(record, verdict, held.has_synthetic_type, held.rule, stats)
+        return request, stats
+
+
+def _count(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1

@@ -6,11 +6,13 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import time
 
 from .admin import Admin
 from .classify import Classifier, builtin_catalog, load_catalog
 from .classify.classifier import MonitorCidrs
 from .config import Config
+from .correlation import TraceMemory
 from .downgrade import load_rule_set
 from .export import Exporter, make_transport
 from .intake import Intake
@@ -39,7 +41,18 @@ def build_classifier(config: Config) -> Classifier:
 def build_pipeline(config: Config) -> Pipeline:
     """The pure core, compiled once from the config (raises CatalogError / RulesError on bad files)."""
     classifier = build_classifier(config)
-    return Pipeline(classifier, load_rule_set(config.rules_file), config.downgrade_sources, config.mode)
+    memory = (
+        TraceMemory(config.correlation_ttl_s, config.correlation_max_traces) if config.correlation_ttl_s > 0 else None
+    )
+    return Pipeline(
+        classifier,
+        load_rule_set(config.rules_file),
+        config.downgrade_sources,
+        mode=config.mode,
+        downgrade_confidence=config.downgrade_confidence,
+        memory=memory,
+        window_s=config.correlation_window_s,
+    )
 
 
 class Service:
@@ -67,11 +80,18 @@ class Service:
         self.metrics.queue_bytes.set_function(lambda: self.queue.bytes)
         self.metrics.queue_records.set_function(lambda: self.queue.records)
         self.metrics.queue_batches.set_function(lambda: self.queue.batches)
+        self.metrics.held_records.set_function(lambda: len(self.pipeline.holding))
+        memory = self.pipeline.memory
+        if memory is not None:
+            self.metrics.correlation_traces.set_function(lambda: len(memory))
+            self.metrics.correlation_evicted.set_function(lambda: memory.evicted)
         self._stop = asyncio.Event()
+        self._ticker: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.admin.start()
         self.exporter.start()
+        self._ticker = asyncio.create_task(self._tick(), name="correlation-ticker")
         if self.grpc:
             await self.grpc.start()
         if self.http:
@@ -86,6 +106,18 @@ class Service:
             ",".join(sorted(self.config.downgrade_sources)) or "nothing",
             self.config.mode,
         )
+
+    async def _tick(self) -> None:
+        """Release held records whose window has passed; forget expired traces."""
+        interval = min(0.1, max(0.01, self.config.correlation_window_s / 10))
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            self.intake.release(now)
+            if self.pipeline.memory is not None and now - last_expiry >= 1.0:
+                self.pipeline.memory.expire(now)
+                last_expiry = now
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -107,6 +139,10 @@ class Service:
         # In-flight calls finish (and land in the queue) before the drain starts.
         receivers = [r for r in (self.grpc, self.http) if r is not None]
         await asyncio.gather(*(r.stop(min(5.0, timeout / 4)) for r in receivers))
+        if self._ticker is not None:
+            self._ticker.cancel()
+        # Held records are acknowledged data: they go now, with whatever their trace is known to be.
+        self.intake.release(time.monotonic(), everything=True)
         try:
             await asyncio.wait_for(self.queue.wait_idle(), timeout)
         except asyncio.TimeoutError:

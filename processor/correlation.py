@@ -1,0 +1,151 @@
+"""Trace correlation across requests: what each trace is known to be, and records waiting to learn it.
+
+The error record that matters usually carries no evidence; the access log of the same trace does,
+and it often arrives in another export request a little earlier or later. ``TraceMemory`` keeps,
+per ``trace_id``, the verdict learned from records (or spans) with evidence, bounded in time (TTL)
+and in count (oldest evicted first). ``Holding`` keeps the few records a rule could fire on whose
+trace has no evidence yet, for at most the correlation window.
+
+Pure data structures: the caller passes ``now`` (monotonic seconds), so tests need no sleeps.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from .classify.verdict import CERTAIN, TRACE_PRECEDENCE, Verdict
+
+
+def outranks(new: Verdict, known: Verdict) -> bool:
+    """Whether ``new`` should replace ``known`` as the trace's verdict.
+
+    Certain evidence beats likely evidence; among equals, ``user`` beats everything, so one
+    real-user record in a trace keeps the whole trace from being downgraded.
+    """
+    new_key = (new.confidence != CERTAIN, TRACE_PRECEDENCE[new.source])
+    known_key = (known.confidence != CERTAIN, TRACE_PRECEDENCE[known.source])
+    return new_key < known_key
+
+
+class TraceMemory:
+    """trace_id -> verdict, for ``ttl_s`` after the last evidence, at most ``max_traces`` traces."""
+
+    def __init__(self, ttl_s: float, max_traces: int):
+        self.ttl_s = ttl_s
+        self.max_traces = max_traces
+        # Ordered by last update: expiry and eviction both pop from the front.
+        self._traces: OrderedDict[bytes, tuple[Verdict, float]] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def learn(self, trace_id: bytes, verdict: Verdict, now: float) -> Verdict:
+        """Merge evidence into the trace's verdict; returns the trace's verdict after the merge."""
+        traces = self._traces
+        entry = traces.get(trace_id)
+        if entry is not None:
+            known, _ = entry
+            if not outranks(verdict, known):
+                verdict = known
+            traces.move_to_end(trace_id)
+        traces[trace_id] = (verdict, now + self.ttl_s)
+        if len(traces) > self.max_traces:
+            traces.popitem(last=False)
+            self.evicted += 1
+        return verdict
+
+    def recall(self, trace_id: bytes, now: float) -> Verdict | None:
+        entry = self._traces.get(trace_id)
+        if entry is None:
+            return None
+        verdict, expires = entry
+        if expires <= now:
+            return None
+        return verdict
+
+    def expire(self, now: float) -> None:
+        traces = self._traces
+        while traces:
+            _, (_, expires) = next(iter(traces.items()))
+            if expires > now:
+                break
+            traces.popitem(last=False)
+
+
+@dataclass(eq=False)
+class Held:
+    """A record waiting for its trace's evidence, with the resource and scope it came in."""
+
+    record: object  # LogRecord (a copy, detached from the request it came in)
+    group: object  # ResourceLogs skeleton (resource + one ScopeLogs with scope, no records)
+    rule: object  # the Rule that matched it
+    has_synthetic_type: bool
+    deadline: float
+    size: int
+    released: bool = field(default=False)
+
+
+class Holding:
+    """Held records by trace and by deadline; bounded by the caller's memory accounting (``bytes``)."""
+
+    def __init__(self) -> None:
+        self._by_trace: dict[bytes, list[Held]] = {}
+        self._by_deadline: deque[Held] = deque()  # deadlines are now + a constant window: FIFO order
+        self.bytes = 0
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def waiting_for(self, trace_id: bytes) -> bool:
+        return trace_id in self._by_trace
+
+    def hold(self, trace_id: bytes, held: Held) -> None:
+        self._by_trace.setdefault(trace_id, []).append(held)
+        self._by_deadline.append(held)
+        self.bytes += held.size
+        self.count += 1
+
+    def take_trace(self, trace_id: bytes) -> list[Held]:
+        taken = self._by_trace.pop(trace_id, [])
+        for held in taken:
+            self._release(held)
+        return taken
+
+    def take_expired(self, now: float) -> list[Held]:
+        taken = []
+        queue = self._by_deadline
+        while queue and (queue[0].released or queue[0].deadline <= now):
+            held = queue.popleft()
+            if held.released:
+                continue
+            trace_id = held.record.trace_id
+            waiting = self._by_trace.get(trace_id)
+            if waiting is not None:
+                waiting.remove(held)
+                if not waiting:
+                    del self._by_trace[trace_id]
+            self._release(held)
+            taken.append(held)
+        return taken
+
+    def take_all(self) -> list[Held]:
+        taken = [h for h in self._by_deadline if not h.released]
+        for held in taken:
+            self._release(held)
+        self._by_trace.clear()
+        self._by_deadline.clear()
+        return taken
+
+    def next_deadline(self) -> float | None:
+        for held in self._by_deadline:
+            if not held.released:
+                return held.deadline
+        return None
+
+    def _release(self, held: Held) -> None:
+        held.released = True
+        self.bytes -= held.size
+        self.count -= 1

@@ -1,0 +1,238 @@
+"""Trace correlation across requests: evidence before, after and never; bounds; shadow mode.
+
+Time is passed in, so nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+from processor.classify import Verdict
+from processor.correlation import TraceMemory
+
+from .helpers import attributes, pipeline, records
+
+DATADOG = "Datadog/Synthetics"
+CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+AUTH0 = 'Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: "AccessTokenError" }'
+
+
+def trace(n: int) -> bytes:
+    return n.to_bytes(16, "big")
+
+
+def request(*logs: LogRecord, service: str = "web") -> ExportLogsServiceRequest:
+    out = ExportLogsServiceRequest()
+    resource_logs = out.resource_logs.add()
+    resource_logs.resource.attributes.add(key="service.name", value=AnyValue(string_value=service))
+    resource_logs.schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = "next"
+    scope_logs.log_records.extend(logs)
+    return out
+
+
+def access(trace_id: bytes, user_agent: str, path: str = "/dashboard") -> LogRecord:
+    return LogRecord(
+        severity_number=9,
+        body=AnyValue(string_value=f"GET {path}"),
+        trace_id=trace_id,
+        attributes=[
+            KeyValue(key="user_agent.original", value=AnyValue(string_value=user_agent)),
+            KeyValue(key="url.path", value=AnyValue(string_value=path)),
+        ],
+    )
+
+
+def auth0_error(trace_id: bytes) -> LogRecord:
+    return LogRecord(severity_number=17, severity_text="ERROR", body=AnyValue(string_value=AUTH0), trace_id=trace_id)
+
+
+def make(**env: str):
+    return pipeline(**{"TRIAGE_CORRELATION_WINDOW": "2", "TRIAGE_CORRELATION_TTL": "60", **env})
+
+
+class TestEvidenceTiming:
+    def test_evidence_before(self) -> None:
+        """The access log came in an earlier request: the error is downgraded at once, not held."""
+        p = make()
+        p.process(request(access(trace(1), DATADOG)), now=0.0)
+        later = request(auth0_error(trace(1)))
+        stats = p.process(later, now=0.5)
+        assert stats.held == 0 and stats.downgraded == {"auth0-missing-session": 1}
+        error = attributes(records(later)[0])
+        assert error["triage.source.evidence"] == "same trace: user_agent.original contains 'Datadog/Synthetics'"
+
+    def test_evidence_after(self) -> None:
+        """The error comes first: it is held, then released downgraded when the access log arrives."""
+        p = make()
+        first = request(auth0_error(trace(2)))
+        stats = p.process(first, now=0.0)
+        assert stats.held == 1 and records(first) == []  # moved out of the request ...
+        assert p.release_ready(now=0.1) is None  # ... and waiting
+        p.process(request(access(trace(2), DATADOG)), now=0.3)
+        released, released_stats = p.release_ready(now=0.3)
+        [error] = records(released)
+        assert (error.severity_number, error.severity_text) == (5, "DEBUG")
+        assert attributes(error)["triage.original_severity_number"] == 17
+        assert released_stats.downgraded == {"auth0-missing-session": 1}
+        # It keeps the resource and scope it came with.
+        assert released.resource_logs[0].resource == first.resource_logs[0].resource
+        assert released.resource_logs[0].schema_url == first.resource_logs[0].schema_url
+        assert released.resource_logs[0].scope_logs[0].scope.name == "next"
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+
+    def test_evidence_never(self) -> None:
+        """Nothing comes within the window: released as unknown, severity untouched."""
+        p = make()
+        p.process(request(auth0_error(trace(3))), now=0.0)
+        assert p.release_ready(now=1.99) is None
+        released, stats = p.release_ready(now=2.0)
+        [error] = records(released)
+        assert error.severity_number == 17 and attributes(error)["triage.source"] == "unknown"
+        assert stats.downgraded == {} and stats.by_source == {"unknown": 1}
+
+    def test_user_evidence_after_keeps_error(self) -> None:
+        """A held error whose trace turns out to be a real user's is released untouched."""
+        p = make()
+        p.process(request(auth0_error(trace(4))), now=0.0)
+        p.process(request(access(trace(4), CHROME)), now=0.2)
+        released, _ = p.release_ready(now=0.2)
+        [error] = records(released)
+        assert error.severity_number == 17 and attributes(error)["triage.source"] == "user"
+
+    def test_user_anywhere_in_trace_wins_across_requests(self) -> None:
+        """Monitor evidence then user evidence for one trace: the trace counts as a user's."""
+        p = make()
+        p.process(request(access(trace(5), DATADOG)), now=0.0)
+        p.process(request(access(trace(5), CHROME)), now=0.1)
+        later = request(auth0_error(trace(5)))
+        p.process(later, now=0.2)
+        assert records(later)[0].severity_number == 17
+
+    def test_only_rule_candidates_are_held(self) -> None:
+        """Records no rule matches flow at once, even without evidence; so do records without a trace."""
+        p = make()
+        info = LogRecord(severity_number=9, body=AnyValue(string_value="hello"), trace_id=trace(6))
+        other_error = LogRecord(severity_number=17, body=AnyValue(string_value="TypeError: boom"), trace_id=trace(6))
+        no_trace = auth0_error(b"")
+        req = request(info, other_error, no_trace)
+        stats = p.process(req, now=0.0)
+        assert stats.held == 0 and len(records(req)) == 3
+
+    def test_held_among_others_keeps_the_rest_in_place(self) -> None:
+        """Holding one record of a scope leaves the other records, in order, in the request."""
+        p = make()
+        a = LogRecord(severity_number=9, body=AnyValue(string_value="a"))
+        b = LogRecord(severity_number=9, body=AnyValue(string_value="b"))
+        req = request(a, auth0_error(trace(7)), b)
+        p.process(req, now=0.0)
+        assert [r.body.string_value for r in records(req)] == ["a", "b"]
+
+    def test_window_zero_never_holds(self) -> None:
+        """TRIAGE_CORRELATION_WINDOW=0: the error is decided at once (unknown)."""
+        p = pipeline(TRIAGE_CORRELATION_WINDOW="0")
+        req = request(auth0_error(trace(8)))
+        assert p.process(req, now=0.0).held == 0
+        assert attributes(records(req)[0])["triage.source"] == "unknown"
+
+    def test_span_evidence_releases_held(self) -> None:
+        """Evidence learned from a span (not a log) frees the trace's held records too."""
+        p = make()
+        p.process(request(auth0_error(trace(9))), now=0.0)
+        span_verdict = p.classifier.tracestate("dd=s:1;o:synthetics")
+        p.learn(trace(9), span_verdict, now=0.4)
+        released, stats = p.release_ready(now=0.4)
+        assert stats.downgraded == {"auth0-missing-session": 1}
+        assert attributes(records(released)[0])["triage.source.evidence"] == "same trace: tracestate contains 'o:synthetics'"
+
+    def test_release_all_on_shutdown(self) -> None:
+        """Shutdown takes every held record out, decided with what is known."""
+        p = make()
+        for n in range(10, 15):
+            p.process(request(auth0_error(trace(n))), now=0.0)
+        released, stats = p.release_all(now=0.1)
+        assert len(records(released)) == 5 and stats.records == 5
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+
+
+class TestBounds:
+    def test_ttl(self) -> None:
+        """A trace's verdict is forgotten after the TTL."""
+        p = make(TRIAGE_CORRELATION_TTL="60")
+        p.process(request(access(trace(20), DATADOG)), now=0.0)
+        late = request(auth0_error(trace(20)))
+        assert p.process(late, now=61.0).held == 1  # not remembered any more: held again
+
+    def test_max_traces_evicts_oldest(self) -> None:
+        """At most max traces are remembered; the oldest go first."""
+        memory = TraceMemory(ttl_s=60, max_traces=3)
+        verdict = Verdict("synthetic", "x", "e")
+        for n in range(5):
+            memory.learn(trace(n), verdict, now=float(n))
+        assert len(memory) == 3 and memory.evicted == 2
+        assert memory.recall(trace(0), 5.0) is None and memory.recall(trace(4), 5.0) is verdict
+
+    def test_flood_of_unique_traces_stays_bounded(self) -> None:
+        """100k unique trace ids with evidence: memory never holds more than the bound."""
+        p = make(TRIAGE_CORRELATION_MAX_TRACES="1000")
+        for batch in range(100):
+            p.process(request(*(access(trace(batch * 1000 + i), DATADOG) for i in range(1000))), now=batch * 0.01)
+        assert len(p.memory) == 1000 and p.memory.evicted == 99_000
+
+    def test_expire_drops_old_traces(self) -> None:
+        """expire() forgets traces past their TTL (the service calls it every second)."""
+        memory = TraceMemory(ttl_s=10, max_traces=100)
+        verdict = Verdict("synthetic", "x", "e")
+        memory.learn(trace(1), verdict, now=0.0)
+        memory.learn(trace(2), verdict, now=5.0)
+        memory.expire(now=12.0)
+        assert len(memory) == 1
+
+
+class TestShadowMode:
+    def test_shadow_marks_instead_of_downgrading(self) -> None:
+        """TRIAGE_MODE=shadow: severity untouched, triage.would_downgrade names the rule."""
+        p = make(TRIAGE_MODE="shadow")
+        req = request(access(trace(30), DATADOG), auth0_error(trace(30)))
+        stats = p.process(req, now=0.0)
+        error = records(req)[1]
+        assert error.severity_number == 17 and error.severity_text == "ERROR"
+        assert attributes(error)["triage.would_downgrade"] == "auth0-missing-session"
+        assert "triage.rule" not in attributes(error)
+        assert stats.would_downgrade == {"auth0-missing-session": 1} and stats.downgraded == {}
+
+
+class TestConfidence:
+    def test_health_path_alone_does_not_downgrade(self) -> None:
+        """A probe guessed from the path only is 'likely': rules do not fire by default."""
+        p = make()
+        req = request(
+            LogRecord(severity_number=9, trace_id=trace(40), attributes=[KeyValue(key="url.path", value=AnyValue(string_value="/healthz"))]),
+            auth0_error(trace(40)),
+        )
+        p.process(req, now=0.0)
+        error = records(req)[1]
+        assert error.severity_number == 17
+        assert attributes(error)["triage.source.confidence"] == "likely"
+
+    def test_likely_allowed_when_configured(self) -> None:
+        """TRIAGE_DOWNGRADE_CONFIDENCE=likely lets weak evidence fire rules."""
+        p = make(TRIAGE_DOWNGRADE_CONFIDENCE="likely")
+        req = request(
+            LogRecord(severity_number=9, trace_id=trace(41), attributes=[KeyValue(key="url.path", value=AnyValue(string_value="/healthz"))]),
+            auth0_error(trace(41)),
+        )
+        p.process(req, now=0.0)
+        assert records(req)[1].severity_number == 5
+
+    def test_certain_evidence_beats_likely_in_a_trace(self) -> None:
+        """A certain verdict (kube-probe UA) is not replaced by a later likely one, and vice versa."""
+        p = make()
+        p.process(request(access(trace(42), "kube-probe/1.30", path="/dashboard")), now=0.0)
+        p.process(request(LogRecord(severity_number=9, trace_id=trace(42), attributes=[KeyValue(key="url.path", value=AnyValue(string_value="/healthz"))])), now=0.1)
+        later = request(auth0_error(trace(42)))
+        p.process(later, now=0.2)
+        assert records(later)[0].severity_number == 5
