@@ -11,6 +11,8 @@ import zlib
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from . import otlp_json
 from .metrics import Metrics
@@ -80,9 +82,39 @@ class Intake:
         """Count a refusal, whichever stage (receiver or intake) raised it."""
         self.metrics.rejected(transport, rejected.refusal.reason)
 
+    def accept_spans(self, payload: bytes, encoding: str, transport: str) -> int:
+        """Learn each trace's verdict from server spans and tracestate; spans are not forwarded."""
+        if not self.accepting:
+            raise Rejected(SHUTTING_DOWN, "shutting down; send to another replica or retry")
+        request = self.decode(payload, encoding, ExportTraceServiceRequest())
+        now = time.monotonic()
+        classifier = self.pipeline.classifier
+        learned = spans = 0
+        for resource_spans in request.resource_spans:
+            resource_verdict = classifier.attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    spans += 1
+                    if not span.trace_id:
+                        continue
+                    # The server span describes the incoming request; tracestate travels with the whole trace.
+                    verdict = None
+                    if span.kind == Span.SPAN_KIND_SERVER:
+                        verdict = classifier.attributes(span.attributes) or resource_verdict
+                    if span.trace_state:
+                        marked = classifier.tracestate(span.trace_state)
+                        if marked is not None and (verdict is None or marked.rank < verdict.rank):
+                            verdict = marked
+                    if verdict is not None:
+                        self.pipeline.learn(span.trace_id, verdict, now)
+                        learned += 1
+        self.metrics.spans_received.labels(transport).inc(spans)
+        self.release(now)
+        return learned
+
     @staticmethod
-    def decode(payload: bytes, encoding: str) -> ExportLogsServiceRequest:
-        request = ExportLogsServiceRequest()
+    def decode(payload: bytes, encoding: str, request=None):
+        request = ExportLogsServiceRequest() if request is None else request
         if encoding == JSON:
             try:
                 return otlp_json.decode(payload, request)
@@ -91,5 +123,5 @@ class Intake:
         try:
             request.ParseFromString(payload)
         except DecodeError as e:
-            raise Rejected(INVALID, f"malformed protobuf ExportLogsServiceRequest: {e}") from None
+            raise Rejected(INVALID, f"malformed protobuf {type(request).__name__}: {e}") from None
         return request

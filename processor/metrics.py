@@ -26,6 +26,10 @@ class Metrics:
         self.records_received = Counter(
             "triage_records_received", "Log records accepted (and acknowledged).", ["transport"], registry=registry
         )
+        self.spans_received = Counter(
+            "triage_spans_received", "Spans received as evidence (TRIAGE_TRACES_AS_EVIDENCE; not forwarded).",
+            ["transport"], registry=registry,
+        )
         self.records_by_source = Counter(
             "triage_records_by_source", "Log records by decided source.", ["source"], registry=registry
         )

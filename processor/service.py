@@ -68,12 +68,18 @@ class Service:
         )
         self.admin = Admin(config.admin_endpoint, self.metrics)
         self.grpc = (
-            GrpcReceiver(self.intake, config.grpc_endpoint, config.max_decompressed_bytes)
+            GrpcReceiver(self.intake, config.grpc_endpoint, config.max_decompressed_bytes, config.traces_as_evidence)
             if config.grpc_endpoint
             else None
         )
         self.http = (
-            HttpReceiver(self.intake, config.http_endpoint, config.max_request_bytes, config.max_decompressed_bytes)
+            HttpReceiver(
+                self.intake,
+                config.http_endpoint,
+                config.max_request_bytes,
+                config.max_decompressed_bytes,
+                config.traces_as_evidence,
+            )
             if config.http_endpoint
             else None
         )

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from ..intake import PROTOBUF, Intake
 from ..status import Rejected, grpc_trailers
 
 SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _EMPTY_RESPONSE = ExportLogsServiceResponse().SerializeToString()
+_EMPTY_TRACE_RESPONSE = ExportTraceServiceResponse().SerializeToString()
 
 
 class GrpcReceiver:
-    def __init__(self, intake: Intake, endpoint: str, max_message_bytes: int):
+    def __init__(self, intake: Intake, endpoint: str, max_message_bytes: int, traces_as_evidence: bool = False):
         self.intake = intake
         self.endpoint = endpoint
         # gRPC applies this limit to the decompressed message as well, so a compressed bomb is
@@ -32,7 +35,14 @@ class GrpcReceiver:
             SERVICE,
             {"Export": grpc.unary_unary_rpc_method_handler(self.export)},  # no (de)serializers: raw bytes
         )
-        self.server.add_generic_rpc_handlers((handler,))
+        handlers = [handler]
+        if traces_as_evidence:
+            handlers.append(
+                grpc.method_handlers_generic_handler(
+                    TRACE_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(self.export_traces)}
+                )
+            )
+        self.server.add_generic_rpc_handlers(tuple(handlers))
         self.port = self.server.add_insecure_port(endpoint)
 
     async def start(self) -> None:
@@ -48,3 +58,11 @@ class GrpcReceiver:
             self.intake.refused("grpc", rejected)
             await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
         return _EMPTY_RESPONSE
+
+    async def export_traces(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            self.intake.accept_spans(request, PROTOBUF, "grpc")
+        except Rejected as rejected:
+            self.intake.refused("grpc", rejected)
+            await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
+        return _EMPTY_TRACE_RESPONSE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from .. import otlp_json
 from ..intake import JSON, PROTOBUF, Intake, decompress
@@ -14,22 +15,36 @@ _EMPTY_RESPONSE = {
     PROTOBUF: ExportLogsServiceResponse().SerializeToString(),
     JSON: otlp_json.encode(ExportLogsServiceResponse()),
 }
+_EMPTY_TRACE_RESPONSE = {
+    PROTOBUF: ExportTraceServiceResponse().SerializeToString(),
+    JSON: otlp_json.encode(ExportTraceServiceResponse()),
+}
 
 
 class HttpReceiver:
-    def __init__(self, intake: Intake, endpoint: str, max_request_bytes: int, max_decompressed_bytes: int):
+    def __init__(
+        self,
+        intake: Intake,
+        endpoint: str,
+        max_request_bytes: int,
+        max_decompressed_bytes: int,
+        traces_as_evidence: bool = False,
+    ):
         self.intake = intake
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
         self.max_decompressed_bytes = max_decompressed_bytes
         self.app = web.Application(client_max_size=max_request_bytes)
         self.app.router.add_post("/v1/logs", self.logs)
+        if traces_as_evidence:
+            self.app.router.add_post("/v1/traces", self.traces)
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self) -> None:
         host, _, port = self.endpoint.rpartition(":")
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # auto_decompress off: aiohttp would inflate gzip without our decompressed-size limit.
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, auto_decompress=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host.strip("[]"), int(port), backlog=1024)
         await site.start()
@@ -41,6 +56,12 @@ class HttpReceiver:
             await self.runner.cleanup()
 
     async def logs(self, request: web.Request) -> web.Response:
+        return await self._export(request, self.intake.accept, _EMPTY_RESPONSE)
+
+    async def traces(self, request: web.Request) -> web.Response:
+        return await self._export(request, self.intake.accept_spans, _EMPTY_TRACE_RESPONSE)
+
+    async def _export(self, request: web.Request, accept, empty_response: dict[str, bytes]) -> web.Response:
         encoding = _CONTENT_TYPES.get(request.content_type, PROTOBUF)
         try:
             if request.content_type not in _CONTENT_TYPES:
@@ -57,11 +78,11 @@ class HttpReceiver:
             payload = decompress(
                 body, request.headers.get("Content-Encoding", "").strip().lower(), self.max_decompressed_bytes
             )
-            self.intake.accept(payload, encoding, "http")
+            accept(payload, encoding, "http")
         except Rejected as rejected:
             self.intake.refused("http", rejected)
             return _error_response(rejected, encoding)
-        return web.Response(body=_EMPTY_RESPONSE[encoding], content_type=_content_type(encoding))
+        return web.Response(body=empty_response[encoding], content_type=_content_type(encoding))
 
 
 def _content_type(encoding: str) -> str:
