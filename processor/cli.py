@@ -19,12 +19,39 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the processor (configured by environment variables, see README)")
+    explain = commands.add_parser(
+        "explain",
+        help="show, per record of an OTLP/JSON file, the decided source, evidence and rule (nothing is sent)",
+    )
+    explain.add_argument("file", help="OTLP/JSON: one request, or one request per line; - for stdin")
+    explain.add_argument("--summary", action="store_true", help="counts by source and rule, and the top noise sources")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
         return serve()
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return explain_file(args.file, args.summary)
+
+
+def explain_file(path: str, summary: bool) -> int:
+    from .explain import ExplainError, explain, format_records, format_summary, read_requests
+
+    try:
+        config = Config.from_env()
+        if path == "-":
+            lines = sys.stdin.buffer.readlines()
+        else:
+            with open(path, "rb") as f:
+                lines = f.readlines()
+        explained = explain(read_requests(lines), config)
+    except (ConfigError, CatalogError, RulesError, ExplainError, OSError) as e:
+        print(f"otlp-triage explain: {e}", file=sys.stderr)
+        return 2
+    try:
+        for line in (format_summary if summary else format_records)(explained):
+            print(line)
+    except BrokenPipeError:  # `explain ... | head`: the reader has seen enough
+        sys.stderr.close()
+    return 0
 
 
 def serve() -> int:
