@@ -9,6 +9,7 @@ import sys
 
 from .classify import CatalogError
 from .config import Config, ConfigError
+from .disk_queue import QueueDirError
 from .downgrade import RulesError
 
 
@@ -68,7 +69,7 @@ def serve() -> int:
     async def run() -> int:
         try:
             service = Service(config)
-        except (CatalogError, RulesError) as e:
+        except (CatalogError, RulesError, QueueDirError) as e:
             print(f"otlp-triage: invalid configuration:\n  - {e}", file=sys.stderr)
             return 2
         return await service.run()

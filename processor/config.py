@@ -78,6 +78,17 @@ VARIABLES: tuple[Variable, ...] = (
         "128",
         "Bound on requests queued in memory for export; above it receivers answer with backpressure.",
     ),
+    Variable(
+        "TRIAGE_QUEUE_DIR",
+        "",
+        "Directory of the persistent queue (SQLite): acknowledge only once on disk, replay on start. Unset: memory.",
+    ),
+    Variable("TRIAGE_QUEUE_MAX_BYTES", str(1024 * MiB), "Bound on the persistent queue's size on disk."),
+    Variable(
+        "TRIAGE_QUEUE_FSYNC",
+        "always",
+        "always: fsync each commit (survives power loss); never: leave it to the OS (survives a killed process).",
+    ),
     Variable("TRIAGE_EXPORT_CONCURRENCY", "4", "Export requests in flight to the backend at once."),
     Variable("TRIAGE_RETRY_MAX_INTERVAL", "30", "Longest wait in seconds between export retries (backoff cap)."),
     Variable("TRIAGE_SHUTDOWN_TIMEOUT", "20", "Seconds to drain the queue to the backend after SIGTERM."),
@@ -154,6 +165,9 @@ class Config:
     max_request_bytes: int
     max_decompressed_bytes: int
     memory_limit_bytes: int
+    queue_dir: str
+    queue_max_bytes: int
+    queue_fsync: str
     export_concurrency: int
     retry_max_interval_s: float
     shutdown_timeout_s: float
@@ -183,6 +197,9 @@ class Config:
             max_request_bytes=reader.get("TRIAGE_MAX_REQUEST_BYTES", _positive_int),
             max_decompressed_bytes=reader.get("TRIAGE_MAX_DECOMPRESSED_BYTES", _positive_int),
             memory_limit_bytes=reader.get("TRIAGE_MEMORY_LIMIT_MIB", _positive_int) * MiB,
+            queue_dir=reader.get("TRIAGE_QUEUE_DIR", _directory, empty=""),
+            queue_max_bytes=reader.get("TRIAGE_QUEUE_MAX_BYTES", _positive_int),
+            queue_fsync=reader.get("TRIAGE_QUEUE_FSYNC", _one_of("always", "never")),
             export_concurrency=reader.get("TRIAGE_EXPORT_CONCURRENCY", _positive_int),
             retry_max_interval_s=reader.get("TRIAGE_RETRY_MAX_INTERVAL", _positive_float),
             shutdown_timeout_s=reader.get("TRIAGE_SHUTDOWN_TIMEOUT", _positive_float),
@@ -321,6 +338,13 @@ def _downgrade_sources(value: str) -> frozenset[str]:
         # "user" and "unknown" are refused on purpose: a real user's error is never downgraded.
         raise _Invalid(f"unknown or forbidden source(s) {', '.join(wrong)}; choose from " + ", ".join(allowed))
     return frozenset(names)
+
+
+def _directory(value: str) -> str:
+    parent = value if os.path.isdir(value) else os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise _Invalid("expected a writable directory (or a new one inside a writable directory)")
+    return value
 
 
 def _readable_file(value: str) -> str:

@@ -44,45 +44,67 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 
 class Intake:
-    def __init__(self, pipeline: Pipeline, queue: BoundedQueue, metrics: Metrics):
+    def __init__(self, pipeline: Pipeline, queue: BoundedQueue, metrics: Metrics, memory_limit: int):
         self.pipeline = pipeline
         self.queue = queue
         self.metrics = metrics
+        self.memory_limit = memory_limit
         self.accepting = True
 
-    def accept(self, payload: bytes, encoding: str, transport: str) -> Stats:
-        """Process and queue one decompressed request body; raises Rejected with the reason."""
+    async def accept(self, payload: bytes, encoding: str, transport: str) -> Stats:
+        """Process and queue one decompressed request body; returns once it is safely queued.
+
+        Raises Rejected with the reason. With the persistent queue, "safely" means on disk.
+        """
         self.admit(len(payload))
         request = self.decode(payload, encoding)
         now = time.monotonic()
         stats = self.pipeline.process(request, now)
-        if stats.records:
-            self.queue.put(Batch(request.SerializeToString(), stats.records))
         self.metrics.received(transport, stats.records + stats.held)
         self.metrics.processed(stats)
-        self.release(now)  # this request's evidence may have freed records held earlier
+        released = self._ready(now)  # this request's evidence may have freed records held earlier
+        if stats.records:
+            await self._put(Batch(request.SerializeToString(), stats.records))
+        if released is not None:
+            await self._put(released)
         return stats
 
     def admit(self, size: int) -> None:
         if not self.accepting:
             raise Rejected(SHUTTING_DOWN, "shutting down; send to another replica or retry")
-        # Held records live in memory too: they count against the same bound as the queue.
-        if not self.queue.has_room(size + self.pipeline.holding.bytes):
+        if not self.queue.has_room(size):
             raise Rejected(OVERLOADED, "export queue is full; retry later")
+        # Held records live in memory: with the memory queue they share its bound, else they have their own.
+        held = self.pipeline.holding.bytes
+        if held and held + (0 if self.queue.persistent else self.queue.bytes) + size > self.memory_limit:
+            raise Rejected(OVERLOADED, "too many records held for correlation; retry later")
 
-    def release(self, now: float, everything: bool = False) -> None:
-        """Queue the held records that are ready (evidence came, window passed), or all of them."""
+    async def _put(self, batch: Batch) -> None:
+        try:
+            await self.queue.put(batch)
+        except OSError as e:  # the persistent queue could not write: not acknowledged, the sender retries
+            raise Rejected(OVERLOADED, f"cannot queue the request durably: {e}") from None
+
+    def _ready(self, now: float, everything: bool = False) -> Batch | None:
         released = self.pipeline.release_all(now) if everything else self.pipeline.release_ready(now)
-        if released is not None:
-            request, stats = released
-            self.queue.put(Batch(request.SerializeToString(), stats.records))
-            self.metrics.processed(stats)
+        if released is None:
+            return None
+        request, stats = released
+        self.metrics.processed(stats)
+        return Batch(request.SerializeToString(), stats.records)
+
+    async def release(self, now: float, everything: bool = False) -> None:
+        """Queue the held records that are ready (evidence came, window passed), or all of them."""
+        batch = self._ready(now, everything)
+        if batch is not None:
+            # Already acknowledged: wait for room rather than refuse.
+            await self.queue.put(batch)
 
     def refused(self, transport: str, rejected: Rejected) -> None:
         """Count a refusal, whichever stage (receiver or intake) raised it."""
         self.metrics.rejected(transport, rejected.refusal.reason)
 
-    def accept_spans(self, payload: bytes, encoding: str, transport: str) -> int:
+    async def accept_spans(self, payload: bytes, encoding: str, transport: str) -> int:
         """Learn each trace's verdict from server spans and tracestate; spans are not forwarded."""
         if not self.accepting:
             raise Rejected(SHUTTING_DOWN, "shutting down; send to another replica or retry")
@@ -109,7 +131,7 @@ class Intake:
                         self.pipeline.learn(span.trace_id, verdict, now)
                         learned += 1
         self.metrics.spans_received.labels(transport).inc(spans)
-        self.release(now)
+        await self.release(now)
         return learned
 
     @staticmethod

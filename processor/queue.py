@@ -16,6 +16,7 @@ from dataclasses import dataclass
 class Batch:
     payload: bytes  # a serialized ExportLogsServiceRequest
     records: int
+    id: int = 0  # the persistent queue's row id
 
 
 class QueueFull(Exception):
@@ -23,6 +24,8 @@ class QueueFull(Exception):
 
 
 class BoundedQueue:
+    persistent = False
+
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -38,7 +41,7 @@ class BoundedQueue:
         # so one large request cannot be refused forever.
         return self.bytes == 0 or self.bytes + size <= self.max_bytes
 
-    def put(self, batch: Batch) -> None:
+    async def put(self, batch: Batch) -> None:
         self._items.append(batch)
         self.bytes += len(batch.payload)
         self.records += batch.records
@@ -65,3 +68,6 @@ class BoundedQueue:
 
     def pending(self) -> list[Batch]:
         return list(self._items)
+
+    async def close(self) -> None:
+        pass

@@ -18,6 +18,7 @@ from .export import Exporter, make_transport
 from .intake import Intake
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .disk_queue import DiskQueue
 from .queue import BoundedQueue
 from .receivers.grpc import GrpcReceiver
 from .receivers.http import HttpReceiver
@@ -60,8 +61,14 @@ class Service:
         self.config = config
         self.metrics = Metrics()
         self.pipeline = build_pipeline(config)
-        self.queue = BoundedQueue(config.memory_limit_bytes)
-        self.intake = Intake(self.pipeline, self.queue, self.metrics)
+        if config.queue_dir:
+            self.queue = DiskQueue(config.queue_dir, config.queue_max_bytes, config.queue_fsync)
+            batches, records = self.queue.replayed
+            if batches:
+                log.info("persistent queue: replaying %d requests (%d records) left from the last run", batches, records)
+        else:
+            self.queue = BoundedQueue(config.memory_limit_bytes)
+        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes)
         self.transport = transport or make_transport(config.exporter)
         self.exporter = Exporter(
             self.transport, self.queue, self.metrics, config.export_concurrency, config.retry_max_interval_s
@@ -120,7 +127,7 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            self.intake.release(now)
+            await self.intake.release(now)
             if self.pipeline.memory is not None and now - last_expiry >= 1.0:
                 self.pipeline.memory.expire(now)
                 last_expiry = now
@@ -148,13 +155,18 @@ class Service:
         if self._ticker is not None:
             self._ticker.cancel()
         # Held records are acknowledged data: they go now, with whatever their trace is known to be.
-        self.intake.release(time.monotonic(), everything=True)
+        await self.intake.release(time.monotonic(), everything=True)
         try:
             await asyncio.wait_for(self.queue.wait_idle(), timeout)
         except asyncio.TimeoutError:
             pass
-        lost = await self.exporter.stop()
-        if lost:
+        undelivered = await self.exporter.stop()
+        await self.queue.close()
+        lost = 0
+        if undelivered and self.queue.persistent:
+            log.warning("shutdown timeout: %d records stay in the persistent queue, sent after restart", undelivered)
+        elif undelivered:
+            lost = undelivered
             self.metrics.records_dropped.labels("shutdown").inc(lost)
             log.error("shutdown timeout: %d acknowledged records were not delivered", lost)
         else:

@@ -43,7 +43,8 @@ class Exporter:
                 await self.deliver(batch)
             finally:
                 del self._in_flight[id(batch)]
-                self.queue.done(batch)
+            # Not reached when cancelled mid-delivery: a persistent batch then stays on disk for the next start.
+            self.queue.done(batch)
 
     def backoff(self, attempt: int, hint_s: float | None) -> float:
         delay = min(self.max_interval_s, INITIAL_BACKOFF_S * 2**attempt) * random.uniform(0.8, 1.2)
@@ -77,12 +78,14 @@ class Exporter:
             self.metrics.export_requests.labels("retryable_failure").inc()
             self.metrics.export_retries.inc()
             delay = self.backoff(attempt, outcome.retry_after_s)
-            log.warning("export failed, retrying in %.1fs (attempt %d): %s", delay, attempt + 1, outcome.reason)
+            # First failure and then every tenth: a long outage should not flood the processor's own log.
+            level = logging.WARNING if attempt % 10 == 0 else logging.DEBUG
+            log.log(level, "export failed, retrying in %.1fs (attempt %d): %s", delay, attempt + 1, outcome.reason)
             attempt += 1
             await asyncio.sleep(delay)
 
     async def stop(self) -> int:
-        """Cancel the workers; returns how many acknowledged records were never delivered."""
+        """Cancel the workers; returns how many acknowledged records were not delivered (yet)."""
         undelivered = sum(b.records for b in self._in_flight.values()) + sum(b.records for b in self.queue.pending())
         for task in self._workers:
             task.cancel()

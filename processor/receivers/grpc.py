@@ -53,7 +53,7 @@ class GrpcReceiver:
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            self.intake.accept(request, PROTOBUF, "grpc")
+            await self.intake.accept(request, PROTOBUF, "grpc")
         except Rejected as rejected:
             self.intake.refused("grpc", rejected)
             await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
@@ -61,7 +61,7 @@ class GrpcReceiver:
 
     async def export_traces(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            self.intake.accept_spans(request, PROTOBUF, "grpc")
+            await self.intake.accept_spans(request, PROTOBUF, "grpc")
         except Rejected as rejected:
             self.intake.refused("grpc", rejected)
             await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))

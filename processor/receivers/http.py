@@ -78,7 +78,7 @@ class HttpReceiver:
             payload = decompress(
                 body, request.headers.get("Content-Encoding", "").strip().lower(), self.max_decompressed_bytes
             )
-            accept(payload, encoding, "http")
+            await accept(payload, encoding, "http")
         except Rejected as rejected:
             self.intake.refused("http", rejected)
             return _error_response(rejected, encoding)
