@@ -1,0 +1,60 @@
+"""`make bench` still runs: a quick pass of tests/bench/run.py checked for correctness, never for speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).parent / "bench" / "run.py"
+TIMEOUT_S = 600  # a quick run takes well under a minute on 2 cores; this only bounds a hang
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="the bench reads CPU time from /proc (Linux)"
+)
+class TestBenchQuick:
+    @pytest.fixture(scope="class")
+    def bench(self, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+        out = tmp_path_factory.mktemp("bench") / "results.json"
+        done = subprocess.run(
+            [sys.executable, str(RUN), "--quick", "--json", str(out)],
+            check=False,  # the exit code is asserted with the output shown
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        return done, json.loads(out.read_text()) if out.exists() else {}
+
+    def test_exits_zero(self, bench):
+        """Every scenario ran and passed its checks: records delivered, enriched, downgraded as expected."""
+        done, _ = bench
+        assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+    def test_every_kind_of_scenario_is_in_the_table(self, bench):
+        """Relay floor, naive SDK, otlp-triage over gRPC and HTTP, and the flood all ran and are printed."""
+        done, document = bench
+        results = document["results"]
+        kinds = {(r["server"], r["protocol"], r["variant"]) for r in results}
+        assert {
+            ("relay", "grpc", "normal"),
+            ("naive SDK", "grpc", "normal"),
+            ("otlp-triage", "grpc", "normal"),
+            ("otlp-triage", "http/protobuf", "normal"),
+            ("otlp-triage", "grpc", "flood"),
+        } <= kinds
+        table_rows = [line.split(" | ")[0].strip() for line in done.stdout.splitlines() if " | " in line]
+        assert sorted(table_rows[1:]) == sorted(r["scenario"] for r in results)
+
+    def test_otlp_triage_delivers_every_record(self, bench):
+        """No record sent to otlp-triage is lost on the way to the sink."""
+        _, document = bench
+        triage = [r for r in document["results"] if r["server"] == "otlp-triage"]
+        assert triage
+        for r in triage:
+            assert r["sent"] >= 20_000, r
+            assert r["delivered"] == r["sent"], r
+            assert r["problems"] == [], r
