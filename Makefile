@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SCAN_VENV := .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.installed
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench fuzz setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(STAMP) $(SCAN_STAMP)
 ## Reproducible load through the processor vs a bytes relay and the naive SDK pipeline.
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run.py
+
+## Coverage-guided fuzzing (atheris) of the decoders, classifier and rules, longer than in CI.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache build *.egg-info
