@@ -71,6 +71,8 @@ class HttpReceiver:
                 )
             if request.content_length is not None and request.content_length > self.max_request_bytes:
                 raise Rejected(TOO_LARGE, f"body of {request.content_length} bytes exceeds the limit of {self.max_request_bytes}")
+            # Refuse overload before reading the body, so refused requests cost no memory.
+            self.intake.admit(request.content_length or 0)
             try:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
