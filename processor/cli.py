@@ -10,6 +10,7 @@ import sys
 from .classify import CatalogError
 from .config import Config, ConfigError
 from .disk_queue import QueueDirError
+from .security import SecurityFileError
 from .downgrade import RulesError
 
 
@@ -69,7 +70,7 @@ def serve() -> int:
     async def run() -> int:
         try:
             service = Service(config)
-        except (CatalogError, RulesError, QueueDirError) as e:
+        except (CatalogError, RulesError, QueueDirError, SecurityFileError) as e:
             print(f"otlp-triage: invalid configuration:\n  - {e}", file=sys.stderr)
             return 2
         return await service.run()

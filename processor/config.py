@@ -71,8 +71,32 @@ VARIABLES: tuple[Variable, ...] = (
         "/healthz,/readyz,/livez,/health,/ping",
         "Exact request paths that are weak evidence of a probe (never enough alone to downgrade).",
     ),
+    Variable("TRIAGE_TLS_CERT_FILE", "", "Server certificate (PEM) for TLS on both receivers; reloaded on change or SIGHUP."),
+    Variable("TRIAGE_TLS_KEY_FILE", "", "Private key (PEM) of TRIAGE_TLS_CERT_FILE."),
+    Variable(
+        "TRIAGE_TLS_CLIENT_CA_FILE",
+        "",
+        "CA bundle (PEM): require client certificates signed by it (mTLS); needs TRIAGE_TLS_CERT_FILE.",
+    ),
+    Variable(
+        "TRIAGE_AUTH_TOKEN_FILE",
+        "",
+        "File of accepted bearer tokens, one per line (several for rotation); unset: no token required.",
+    ),
     Variable("TRIAGE_MAX_REQUEST_BYTES", str(8 * MiB), "Largest request body accepted as sent (compressed)."),
     Variable("TRIAGE_MAX_DECOMPRESSED_BYTES", str(32 * MiB), "Largest request accepted after decompression."),
+    Variable("TRIAGE_MAX_RECORDS_PER_REQUEST", "100000", "Requests with more log records are refused (400)."),
+    Variable(
+        "TRIAGE_MAX_ATTRIBUTES_PER_RECORD",
+        "256",
+        "Records with more attributes are rejected (partial success), not truncated.",
+    ),
+    Variable(
+        "TRIAGE_MAX_RECORD_BYTES",
+        str(MiB),
+        "Records larger than this (so any attribute value or body longer) are rejected (partial success).",
+    ),
+    Variable("TRIAGE_MAX_CONCURRENT_STREAMS", "64", "gRPC: concurrent requests per client connection."),
     Variable(
         "TRIAGE_MEMORY_LIMIT_MIB",
         "128",
@@ -162,8 +186,16 @@ class Config:
     traces_as_evidence: bool
     monitor_cidrs: tuple[tuple[str, tuple[str, ...]], ...]
     health_paths: tuple[str, ...]
+    tls_cert_file: str
+    tls_key_file: str
+    tls_client_ca_file: str
+    auth_token_file: str
     max_request_bytes: int
     max_decompressed_bytes: int
+    max_records_per_request: int
+    max_attributes_per_record: int
+    max_record_bytes: int
+    max_concurrent_streams: int
     memory_limit_bytes: int
     queue_dir: str
     queue_max_bytes: int
@@ -194,7 +226,15 @@ class Config:
             traces_as_evidence=reader.get("TRIAGE_TRACES_AS_EVIDENCE", _boolean),
             monitor_cidrs=reader.get("TRIAGE_MONITOR_CIDRS", _monitor_cidrs, empty=()),
             health_paths=reader.get("TRIAGE_HEALTH_PATHS", _paths, empty=()),
+            tls_cert_file=reader.get("TRIAGE_TLS_CERT_FILE", _readable_file, empty=""),
+            tls_key_file=reader.get("TRIAGE_TLS_KEY_FILE", _readable_file, empty=""),
+            tls_client_ca_file=reader.get("TRIAGE_TLS_CLIENT_CA_FILE", _readable_file, empty=""),
+            auth_token_file=reader.get("TRIAGE_AUTH_TOKEN_FILE", _readable_file, empty=""),
             max_request_bytes=reader.get("TRIAGE_MAX_REQUEST_BYTES", _positive_int),
+            max_records_per_request=reader.get("TRIAGE_MAX_RECORDS_PER_REQUEST", _positive_int),
+            max_attributes_per_record=reader.get("TRIAGE_MAX_ATTRIBUTES_PER_RECORD", _positive_int),
+            max_record_bytes=reader.get("TRIAGE_MAX_RECORD_BYTES", _positive_int),
+            max_concurrent_streams=reader.get("TRIAGE_MAX_CONCURRENT_STREAMS", _positive_int),
             max_decompressed_bytes=reader.get("TRIAGE_MAX_DECOMPRESSED_BYTES", _positive_int),
             memory_limit_bytes=reader.get("TRIAGE_MEMORY_LIMIT_MIB", _positive_int) * MiB,
             queue_dir=reader.get("TRIAGE_QUEUE_DIR", _directory, empty=""),
@@ -212,6 +252,10 @@ class Config:
                 "TRIAGE_MAX_DECOMPRESSED_BYTES must be at least TRIAGE_MAX_REQUEST_BYTES "
                 f"({config.max_request_bytes}), got {config.max_decompressed_bytes}"
             )
+        if bool(config.tls_cert_file) != bool(config.tls_key_file):
+            reader.problems.append("TRIAGE_TLS_CERT_FILE and TRIAGE_TLS_KEY_FILE: set both for TLS, or neither")
+        if config.tls_client_ca_file and not config.tls_cert_file:
+            reader.problems.append("TRIAGE_TLS_CLIENT_CA_FILE needs TRIAGE_TLS_CERT_FILE and TRIAGE_TLS_KEY_FILE (mTLS is TLS)")
         if reader.problems:
             raise ConfigError(reader.problems)
         return config

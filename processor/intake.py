@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -43,12 +44,53 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Per-request and per-record limits a hostile or broken client cannot get around."""
+
+    max_records: int = 100_000
+    max_attributes: int = 256
+    max_record_bytes: int = 1024 * 1024
+
+    def enforce(self, request: ExportLogsServiceRequest, size: int) -> tuple[int, str]:
+        """Refuse a request with too many records; remove over-limit records (-> partial success).
+
+        Records are rejected whole, never truncated: a truncated record would be silently wrong.
+        """
+        total = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+        if total > self.max_records:
+            raise Rejected(INVALID, f"{total} log records in one request; the limit is {self.max_records}")
+        check_size = size > self.max_record_bytes  # no record can be larger than the whole request
+        rejected = 0
+        reasons = set()
+        for resource_logs in request.resource_logs:
+            for scope_logs in resource_logs.scope_logs:
+                records = scope_logs.log_records
+                bad = []
+                for i, record in enumerate(records):
+                    if len(record.attributes) > self.max_attributes:
+                        bad.append(i)
+                        reasons.add(f"more than {self.max_attributes} attributes")
+                    elif check_size and record.ByteSize() > self.max_record_bytes:
+                        bad.append(i)
+                        reasons.add(f"larger than {self.max_record_bytes} bytes")
+                for i in reversed(bad):
+                    del records[i]
+                rejected += len(bad)
+        if not rejected:
+            return 0, ""
+        return rejected, f"{rejected} log records rejected: " + " or ".join(sorted(reasons))
+
+
 class Intake:
-    def __init__(self, pipeline: Pipeline, queue: BoundedQueue, metrics: Metrics, memory_limit: int):
+    def __init__(
+        self, pipeline: Pipeline, queue: BoundedQueue, metrics: Metrics, memory_limit: int, limits: Limits | None = None
+    ):
         self.pipeline = pipeline
         self.queue = queue
         self.metrics = metrics
         self.memory_limit = memory_limit
+        self.limits = limits or Limits()
         self.accepting = True
 
     async def accept(self, payload: bytes, encoding: str, transport: str) -> Stats:
@@ -58,8 +100,12 @@ class Intake:
         """
         self.admit(len(payload))
         request = self.decode(payload, encoding)
+        rejected, why = self.limits.enforce(request, len(payload))
         now = time.monotonic()
         stats = self.pipeline.process(request, now)
+        if rejected:
+            stats.rejected, stats.rejected_message = rejected, why
+            self.metrics.records_rejected.labels("limits").inc(rejected)
         self.metrics.received(transport, stats.records + stats.held)
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier

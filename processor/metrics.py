@@ -30,6 +30,10 @@ class Metrics:
             "triage_spans_received", "Spans received as evidence (TRIAGE_TRACES_AS_EVIDENCE; not forwarded).",
             ["transport"], registry=registry,
         )
+        self.records_rejected = Counter(
+            "triage_records_rejected", "Records refused inside an accepted request (partial success).", ["reason"],
+            registry=registry,
+        )
         self.records_by_source = Counter(
             "triage_records_by_source", "Log records by decided source.", ["source"], registry=registry
         )

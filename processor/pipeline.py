@@ -43,6 +43,8 @@ class Stats:
 
     records: int = 0  # records decided (enriched) now; held ones are counted when released
     held: int = 0
+    rejected: int = 0  # records refused by the per-record limits (partial success)
+    rejected_message: str = ""
     by_source: dict[str, int] = field(default_factory=dict)
     downgraded: dict[str, int] = field(default_factory=dict)  # rule -> records
     would_downgrade: dict[str, int] = field(default_factory=dict)  # shadow mode: rule -> records

@@ -15,11 +15,12 @@ from .config import Config
 from .correlation import TraceMemory
 from .downgrade import load_rule_set
 from .export import Exporter, make_transport
-from .intake import Intake
+from .intake import Intake, Limits
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .disk_queue import DiskQueue
 from .queue import BoundedQueue
+from .security import FileWatcher, TlsMaterial, TokenAuth
 from .receivers.grpc import GrpcReceiver
 from .receivers.http import HttpReceiver
 
@@ -68,14 +69,31 @@ class Service:
                 log.info("persistent queue: replaying %d requests (%d records) left from the last run", batches, records)
         else:
             self.queue = BoundedQueue(config.memory_limit_bytes)
-        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes)
+        limits = Limits(config.max_records_per_request, config.max_attributes_per_record, config.max_record_bytes)
+        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits)
+        self.tls = (
+            TlsMaterial(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+            if config.tls_cert_file
+            else None
+        )
+        self.auth = TokenAuth(config.auth_token_file) if config.auth_token_file else None
+        watched = (self.tls.files if self.tls else ()) + (self.auth.files if self.auth else ())
+        self.watcher = FileWatcher(watched, self.reload_security) if watched else None
         self.transport = transport or make_transport(config.exporter)
         self.exporter = Exporter(
             self.transport, self.queue, self.metrics, config.export_concurrency, config.retry_max_interval_s
         )
         self.admin = Admin(config.admin_endpoint, self.metrics)
         self.grpc = (
-            GrpcReceiver(self.intake, config.grpc_endpoint, config.max_decompressed_bytes, config.traces_as_evidence)
+            GrpcReceiver(
+                self.intake,
+                config.grpc_endpoint,
+                config.max_decompressed_bytes,
+                config.traces_as_evidence,
+                tls=self.tls,
+                auth=self.auth,
+                max_concurrent_streams=config.max_concurrent_streams,
+            )
             if config.grpc_endpoint
             else None
         )
@@ -86,6 +104,8 @@ class Service:
                 config.max_request_bytes,
                 config.max_decompressed_bytes,
                 config.traces_as_evidence,
+                tls=self.tls,
+                auth=self.auth,
             )
             if config.http_endpoint
             else None
@@ -123,14 +143,24 @@ class Service:
     async def _tick(self) -> None:
         """Release held records whose window has passed; forget expired traces."""
         interval = min(0.1, max(0.01, self.config.correlation_window_s / 10))
-        last_expiry = 0.0
+        last_slow = 0.0
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             await self.intake.release(now)
-            if self.pipeline.memory is not None and now - last_expiry >= 1.0:
-                self.pipeline.memory.expire(now)
-                last_expiry = now
+            if now - last_slow >= 1.0:  # once a second: forget expired traces, look for changed certificates
+                last_slow = now
+                if self.pipeline.memory is not None:
+                    self.pipeline.memory.expire(now)
+                if self.watcher is not None:
+                    self.watcher.check()
+
+    def reload_security(self) -> None:
+        """SIGHUP or a changed file: new certificates and tokens for new connections and calls."""
+        if self.tls is not None:
+            self.tls.reload()
+        if self.auth is not None:
+            self.auth.reload()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -139,6 +169,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_security)
         await self.start()
         await self._stop.wait()
         return await self.shutdown()

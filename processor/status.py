@@ -25,6 +25,7 @@ class Refusal:
 INVALID = Refusal("invalid", grpc.StatusCode.INVALID_ARGUMENT, 400, False)  # Not retryable: bad data.
 TOO_LARGE = Refusal("too_large", grpc.StatusCode.INVALID_ARGUMENT, 413, False)  # Not retryable: same bytes, same answer.
 UNSUPPORTED = Refusal("unsupported", grpc.StatusCode.UNIMPLEMENTED, 415, False)  # Not retryable: wrong content type.
+UNAUTHENTICATED = Refusal("unauthenticated", grpc.StatusCode.UNAUTHENTICATED, 401, False)  # Not retryable.
 OVERLOADED = Refusal("overloaded", grpc.StatusCode.UNAVAILABLE, 503, True)  # Retryable, with a hint.
 SHUTTING_DOWN = Refusal("shutting_down", grpc.StatusCode.UNAVAILABLE, 503, True)  # Retryable: another replica.
 
@@ -44,6 +45,7 @@ _GRPC_TO_RPC_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.UNIMPLEMENTED: code_pb2.UNIMPLEMENTED,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
 }
 
 

@@ -11,7 +11,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from ..intake import PROTOBUF, Intake
-from ..status import Rejected, grpc_trailers
+from ..security import TlsMaterial, TokenAuth
+from ..status import UNAUTHENTICATED, Rejected, grpc_trailers
 
 SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
@@ -20,16 +21,28 @@ _EMPTY_TRACE_RESPONSE = ExportTraceServiceResponse().SerializeToString()
 
 
 class GrpcReceiver:
-    def __init__(self, intake: Intake, endpoint: str, max_message_bytes: int, traces_as_evidence: bool = False):
+    def __init__(
+        self,
+        intake: Intake,
+        endpoint: str,
+        max_message_bytes: int,
+        traces_as_evidence: bool = False,
+        tls: TlsMaterial | None = None,
+        auth: TokenAuth | None = None,
+        max_concurrent_streams: int = 64,
+    ):
         self.intake = intake
         self.endpoint = endpoint
         # gRPC applies this limit to the decompressed message as well, so a compressed bomb is
         # refused by grpc itself (RESOURCE_EXHAUSTED) before it reaches us.
         self.server = grpc.aio.server(
+            interceptors=[_TokenInterceptor(auth, intake)] if auth is not None else None,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
-            ]
+                # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one client connection cannot open more.
+                ("grpc.max_concurrent_streams", max_concurrent_streams),
+            ],
         )
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -43,7 +56,10 @@ class GrpcReceiver:
                 )
             )
         self.server.add_generic_rpc_handlers(tuple(handlers))
-        self.port = self.server.add_insecure_port(endpoint)
+        if tls is not None:
+            self.port = self.server.add_secure_port(endpoint, tls.grpc_credentials())
+        else:
+            self.port = self.server.add_insecure_port(endpoint)
 
     async def start(self) -> None:
         await self.server.start()
@@ -53,11 +69,16 @@ class GrpcReceiver:
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            await self.intake.accept(request, PROTOBUF, "grpc")
+            stats = await self.intake.accept(request, PROTOBUF, "grpc")
         except Rejected as rejected:
             self.intake.refused("grpc", rejected)
             await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
-        return _EMPTY_RESPONSE
+        if not stats.rejected:
+            return _EMPTY_RESPONSE
+        response = ExportLogsServiceResponse()
+        response.partial_success.rejected_log_records = stats.rejected
+        response.partial_success.error_message = stats.rejected_message
+        return response.SerializeToString()
 
     async def export_traces(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -66,3 +87,24 @@ class GrpcReceiver:
             self.intake.refused("grpc", rejected)
             await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
         return _EMPTY_TRACE_RESPONSE
+
+
+class _TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid bearer token before the handler (and any decoding) runs."""
+
+    def __init__(self, auth: TokenAuth, intake: Intake):
+        self.auth = auth
+        self.intake = intake
+
+    async def intercept_service(self, continuation, handler_call_details):
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if self.auth.allows(metadata.get("authorization")):
+            return await continuation(handler_call_details)
+        rejected = Rejected(UNAUTHENTICATED, "missing or invalid bearer token")
+        self.intake.refused("grpc", rejected)
+
+        async def refuse(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
+            return b""  # not reached: abort raises
+
+        return grpc.unary_unary_rpc_method_handler(refuse)

@@ -8,7 +8,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from .. import otlp_json
 from ..intake import JSON, PROTOBUF, Intake, decompress
-from ..status import INVALID, RETRY_AFTER_S, TOO_LARGE, UNSUPPORTED, Rejected, rpc_status
+from ..pipeline import Stats
+from ..security import TlsMaterial, TokenAuth
+from ..status import RETRY_AFTER_S, TOO_LARGE, UNAUTHENTICATED, UNSUPPORTED, Rejected, rpc_status
 
 _CONTENT_TYPES = {"application/x-protobuf": PROTOBUF, "application/json": JSON}
 _EMPTY_RESPONSE = {
@@ -29,8 +31,12 @@ class HttpReceiver:
         max_request_bytes: int,
         max_decompressed_bytes: int,
         traces_as_evidence: bool = False,
+        tls: TlsMaterial | None = None,
+        auth: TokenAuth | None = None,
     ):
         self.intake = intake
+        self.tls = tls
+        self.auth = auth
         self.endpoint = endpoint
         self.max_request_bytes = max_request_bytes
         self.max_decompressed_bytes = max_decompressed_bytes
@@ -46,7 +52,13 @@ class HttpReceiver:
         # auto_decompress off: aiohttp would inflate gzip without our decompressed-size limit.
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, auto_decompress=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host.strip("[]"), int(port), backlog=1024)
+        site = web.TCPSite(
+            self.runner,
+            host.strip("[]"),
+            int(port),
+            backlog=1024,
+            ssl_context=self.tls.server_context() if self.tls is not None else None,
+        )
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
 
@@ -56,14 +68,17 @@ class HttpReceiver:
             await self.runner.cleanup()
 
     async def logs(self, request: web.Request) -> web.Response:
-        return await self._export(request, self.intake.accept, _EMPTY_RESPONSE)
+        return await self._export(request, self.intake.accept, _logs_response)
 
     async def traces(self, request: web.Request) -> web.Response:
-        return await self._export(request, self.intake.accept_spans, _EMPTY_TRACE_RESPONSE)
+        return await self._export(request, self.intake.accept_spans, lambda result, encoding: _EMPTY_TRACE_RESPONSE[encoding])
 
-    async def _export(self, request: web.Request, accept, empty_response: dict[str, bytes]) -> web.Response:
+    async def _export(self, request: web.Request, accept, response_body) -> web.Response:
         encoding = _CONTENT_TYPES.get(request.content_type, PROTOBUF)
         try:
+            # Authentication first: nothing of the body is read or parsed for an unknown client.
+            if self.auth is not None and not self.auth.allows(request.headers.get("Authorization")):
+                raise Rejected(UNAUTHENTICATED, "missing or invalid bearer token")
             if request.content_type not in _CONTENT_TYPES:
                 raise Rejected(
                     UNSUPPORTED,
@@ -80,11 +95,20 @@ class HttpReceiver:
             payload = decompress(
                 body, request.headers.get("Content-Encoding", "").strip().lower(), self.max_decompressed_bytes
             )
-            await accept(payload, encoding, "http")
+            result = await accept(payload, encoding, "http")
         except Rejected as rejected:
             self.intake.refused("http", rejected)
             return _error_response(rejected, encoding)
-        return web.Response(body=empty_response[encoding], content_type=_content_type(encoding))
+        return web.Response(body=response_body(result, encoding), content_type=_content_type(encoding))
+
+
+def _logs_response(stats: Stats, encoding: str) -> bytes:
+    if not stats.rejected:
+        return _EMPTY_RESPONSE[encoding]
+    response = ExportLogsServiceResponse()
+    response.partial_success.rejected_log_records = stats.rejected
+    response.partial_success.error_message = stats.rejected_message
+    return otlp_json.encode(response) if encoding == JSON else response.SerializeToString()
 
 
 def _content_type(encoding: str) -> str:
@@ -95,6 +119,8 @@ def _error_response(rejected: Rejected, encoding: str) -> web.Response:
     status = rpc_status(rejected)
     body = otlp_json.encode(status) if encoding == JSON else status.SerializeToString()
     headers = {"Retry-After": str(RETRY_AFTER_S)} if rejected.refusal.retryable else {}
+    if rejected.refusal is UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"
     return web.Response(
         status=rejected.refusal.http_status, body=body, content_type=_content_type(encoding), headers=headers
     )
