@@ -6,6 +6,8 @@ before any decoding work is spent on it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import zlib
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from .metrics import Metrics
 from .pipeline import Pipeline, Stats
 from .queue import Batch, BoundedQueue
 from .status import INVALID, OVERLOADED, SHUTTING_DOWN, TOO_LARGE, UNSUPPORTED, Rejected
+
+log = logging.getLogger(__name__)
 
 PROTOBUF = "protobuf"
 JSON = "json"
@@ -142,9 +146,14 @@ class Intake:
     async def release(self, now: float, everything: bool = False) -> None:
         """Queue the held records that are ready (evidence came, window passed), or all of them."""
         batch = self._ready(now, everything)
-        if batch is not None:
-            # Already acknowledged: wait for room rather than refuse.
-            await self.queue.put(batch)
+        while batch is not None:
+            # Already acknowledged: these records cannot be refused, so a failed write is retried.
+            try:
+                await self.queue.put(batch)
+                return
+            except OSError as e:
+                log.error("cannot queue %d released records, retrying in 1s: %s", batch.records, e)
+                await asyncio.sleep(1.0)
 
     def refused(self, transport: str, rejected: Rejected) -> None:
         """Count a refusal, whichever stage (receiver or intake) raised it."""

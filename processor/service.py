@@ -147,13 +147,16 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            await self.intake.release(now)
-            if now - last_slow >= 1.0:  # once a second: forget expired traces, look for changed certificates
-                last_slow = now
-                if self.pipeline.memory is not None:
-                    self.pipeline.memory.expire(now)
-                if self.watcher is not None:
-                    self.watcher.check()
+            try:
+                await self.intake.release(now)
+                if now - last_slow >= 1.0:  # once a second: forget expired traces, look for changed certificates
+                    last_slow = now
+                    if self.pipeline.memory is not None:
+                        self.pipeline.memory.expire(now)
+                    if self.watcher is not None:
+                        self.watcher.check()
+            except Exception:  # a bug here must not stop releases for the life of the process
+                log.exception("periodic work failed; continuing")
 
     def reload_security(self) -> None:
         """SIGHUP or a changed file: new certificates and tokens for new connections and calls."""

@@ -2,12 +2,13 @@
 
 Each overlay is rendered with ``kubectl kustomize``; the tests then check the rendered objects
 against ``processor.config`` (every variable known), against a real processor started with the
-rendered environment (ports and probe paths served), against each other (selectors, names,
-ports), and with checkov (no failed checks; each skip carries its reason).
+rendered environment (ports and probe paths served, the persistent queue on its volume), against
+each other (selectors, names, ports, volumes), and with checkov (no failed checks; each skip
+carries its reason).
 
-The test venv has no YAML parser and pyproject.toml is not this file's to change: the rendered
-YAML is read with the scan venv's Python (PyYAML comes with checkov). Both the scan venv and
-kubectl are required: a missing one fails the test with what to do, it never skips.
+The rendered YAML is read here with PyYAML (the "test" extra); checkov runs from its own venv
+(.venv-scan, `make setup`). Both that venv and kubectl are required: a missing one fails the test
+with what to do, it never skips.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import posixpath
 import re
 import shutil
 import signal
@@ -33,21 +35,22 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from processor.config import KNOWN_VARIABLES, VARIABLES
+from processor.disk_queue import DB_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("single", "scaled")
-SCAN_BIN = REPO / ".venv-scan" / "bin"
-CHECKOV = SCAN_BIN / "checkov"
-SCAN_PYTHON = SCAN_BIN / "python"
+CHECKOV = REPO / ".venv-scan" / "bin" / "checkov"
 DEFAULTS = {v.name: v.default for v in VARIABLES}
 # Container port name -> the variable holding that listener's address.
 PORT_VARIABLES = {
@@ -55,10 +58,14 @@ PORT_VARIABLES = {
     "otlp-http": "TRIAGE_HTTP_ENDPOINT",
     "admin": "TRIAGE_ADMIN_ENDPOINT",
 }
+WORKLOADS = ("Deployment", "StatefulSet")
 START_TIMEOUT_S = 20.0
 CHECKOV_TIMEOUT_S = 60.0
 # Test-only packages that must stay out of the image (pyproject's "test" extra and what it pulls in).
-TEST_ONLY = ("pytest", "opentelemetry-exporter-otlp")
+TEST_ONLY = ("pytest", "opentelemetry-exporter-otlp", "pyyaml")
+# The persistent queue's payload bound may use this share of its volume at most: the rest is for the
+# filesystem (journal, blocks reserved for root) and SQLite (WAL file, page and index overhead).
+QUEUE_VOLUME_SHARE = 0.75
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
@@ -76,14 +83,8 @@ def _kubectl() -> str:
 
 
 def load_yaml(text: str) -> list[dict[str, Any]]:
-    """Every document in ``text`` (YAML), read by the scan venv's PyYAML."""
-    _need(SCAN_PYTHON, "its PyYAML reads the rendered manifests")
-    script = "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)"
-    result = subprocess.run(
-        [str(SCAN_PYTHON), "-c", script], input=text, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, f"cannot read YAML: {result.stderr}"
-    return json.loads(result.stdout)
+    """Every (non-empty) document in ``text``."""
+    return [d for d in yaml.safe_load_all(text) if d]
 
 
 def kustomize(directory: Path) -> str:
@@ -115,12 +116,15 @@ class Rendered:
         return found[0]
 
     @property
-    def deployment(self) -> dict[str, Any]:
-        return self.one("Deployment")
+    def workload(self) -> dict[str, Any]:
+        """The Deployment (single) or StatefulSet (scaled) that runs the processor."""
+        found = [o for o in self.objects if o["kind"] in WORKLOADS]
+        assert len(found) == 1, f"{self.overlay}: expected one of {WORKLOADS}, found {len(found)}"
+        return found[0]
 
     @property
     def pod(self) -> dict[str, Any]:
-        return self.deployment["spec"]["template"]
+        return self.workload["spec"]["template"]
 
     @property
     def container(self) -> dict[str, Any]:
@@ -153,6 +157,29 @@ class Rendered:
     def pod_labels(self) -> dict[str, str]:
         return self.pod["metadata"]["labels"]
 
+    def volumes(self) -> dict[str, dict[str, Any]]:
+        """The pod's volumes by name, with the StatefulSet's claim templates as claims of their own."""
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes", [])}
+        for template in self.workload["spec"].get("volumeClaimTemplates", []):
+            name = template["metadata"]["name"]
+            assert name not in volumes, f"{self.overlay}: {name!r} is a pod volume and a claim template"
+            volumes[name] = {"name": name, "volumeClaimTemplate": template}
+        return volumes
+
+    def claim_spec(self, volume: dict[str, Any]) -> dict[str, Any]:
+        """The PersistentVolumeClaim spec behind a claim volume (a PVC object or a claim template)."""
+        if "volumeClaimTemplate" in volume:
+            return volume["volumeClaimTemplate"]["spec"]
+        return self.named("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])["spec"]
+
+    def queue_mount(self) -> dict[str, Any]:
+        """The volume mount that holds TRIAGE_QUEUE_DIR (the deepest one containing it)."""
+        queue_dir = self.env().get("TRIAGE_QUEUE_DIR", DEFAULTS["TRIAGE_QUEUE_DIR"])
+        assert queue_dir.startswith("/"), f"{self.overlay}: TRIAGE_QUEUE_DIR={queue_dir!r} is not absolute"
+        mounts = [m for m in self.container.get("volumeMounts", []) if is_under(queue_dir, m["mountPath"])]
+        assert mounts, f"{self.overlay}: TRIAGE_QUEUE_DIR={queue_dir} is on no volume (the root is read-only)"
+        return max(mounts, key=lambda m: len(m["mountPath"]))
+
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> Rendered:
@@ -169,18 +196,40 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def is_under(path: str, directory: str) -> bool:
+    """``path`` is ``directory`` or inside it (POSIX paths, ``..`` resolved)."""
+    path, directory = posixpath.normpath(path), posixpath.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+QUANTITY_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes storage quantity (e.g. ``2Gi``) in bytes."""
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(quantity))
+    assert match, f"unexpected quantity {quantity!r}"
+    return int(match[1]) * QUANTITY_UNITS[match[2] or ""]
+
+
 # --- the overlays render, and their objects fit together ----------------------------------------------------
 
 class TestRender:
     def test_overlay_has_the_expected_objects(self, rendered: Rendered) -> None:
-        """Each overlay renders the full set of objects; only `scaled` has an autoscaler."""
+        """Each overlay renders the full set of objects: `single` a Deployment and its queue's claim,
+        `scaled` a StatefulSet (a claim per replica, from its template) and an autoscaler."""
         kinds = sorted(o["kind"] for o in rendered.objects)
         expected = [
-            "ConfigMap", "ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PodDisruptionBudget",
+            "ConfigMap", "ConfigMap", "Namespace", "NetworkPolicy", "PodDisruptionBudget",
             "Service", "Service", "ServiceAccount",
         ]
-        if rendered.overlay == "scaled":
-            expected.append("HorizontalPodAutoscaler")
+        if rendered.overlay == "single":
+            expected += ["Deployment", "PersistentVolumeClaim"]
+        else:
+            expected += ["StatefulSet", "HorizontalPodAutoscaler"]
         assert kinds == sorted(expected)
 
     def test_every_object_is_in_the_namespace(self, rendered: Rendered) -> None:
@@ -192,7 +241,7 @@ class TestRender:
                 assert obj["metadata"].get("namespace") == namespace, where
 
     def test_configmaps_are_generated_with_a_content_hash(self, rendered: Rendered) -> None:
-        """The Deployment refers to the hashed ConfigMap names, so a changed setting rolls the pods out."""
+        """The workload refers to the hashed ConfigMap names, so a changed setting rolls the pods out."""
         names = {c["metadata"]["name"] for c in rendered.all("ConfigMap")}
         referenced = {s["configMapRef"]["name"] for s in rendered.container.get("envFrom", [])}
         referenced |= {v["configMap"]["name"] for v in rendered.pod["spec"]["volumes"] if "configMap" in v}
@@ -201,7 +250,7 @@ class TestRender:
             assert re.fullmatch(r"otlp-triage-[a-z]+-[a-z0-9]{10}", name), f"{name}: no generator hash suffix"
 
     def test_changed_setting_changes_the_configmap_name(self, rendered: Rendered, tmp_path: Path) -> None:
-        """An overlay on top that changes one value gets a new ConfigMap name in the Deployment."""
+        """An overlay on top that changes one value gets a new ConfigMap name in the workload."""
         overlay = tmp_path / "changed"
         overlay.mkdir()
         base = os.path.relpath(DEPLOY / "overlays" / rendered.overlay, overlay)
@@ -219,9 +268,9 @@ class TestRender:
         assert changed.env()["TRIAGE_MODE"] == "shadow"
 
     def test_selectors_pick_the_pods(self, rendered: Rendered) -> None:
-        """Deployment, both Services, the PDB and the NetworkPolicy all select the processor's pods."""
+        """The workload, both Services, the PDB and the NetworkPolicy all select the processor's pods."""
         labels = rendered.pod_labels()
-        assert selects(rendered.deployment["spec"]["selector"]["matchLabels"], labels)
+        assert selects(rendered.workload["spec"]["selector"]["matchLabels"], labels)
         for service in rendered.all("Service"):
             assert selects(service["spec"]["selector"], labels), service["metadata"]["name"]
         assert selects(rendered.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
@@ -241,15 +290,16 @@ class TestRender:
         assert not headless[0]["spec"].get("publishNotReadyAddresses", False)
 
     def test_replicas_and_autoscaling(self, rendered: Rendered) -> None:
-        """`single` runs one replica; in `scaled` the HPA owns the count (no spec.replicas to reset it)."""
-        spec = rendered.deployment["spec"]
+        """`single` runs one replica; in `scaled` the HPA owns the StatefulSet's count (no spec.replicas
+        to reset it)."""
+        spec = rendered.workload["spec"]
         if rendered.overlay == "single":
             assert spec["replicas"] == 1
             return
         assert "replicas" not in spec
         hpa = rendered.one("HorizontalPodAutoscaler")["spec"]
         assert hpa["scaleTargetRef"] == {
-            "apiVersion": "apps/v1", "kind": "Deployment", "name": rendered.deployment["metadata"]["name"],
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "name": rendered.workload["metadata"]["name"],
         }
         assert 2 <= hpa["minReplicas"] <= hpa["maxReplicas"]
 
@@ -364,11 +414,14 @@ class TestAgainstTheProcessor:
             # SIGTERM: drains (nothing queued) and exits 0 within the grace period.
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=rendered.pod["spec"]["terminationGracePeriodSeconds"]) == 0
+        assert not logged_errors(tmp_path)
 
 
 def local_environment(rendered: Rendered, tmp_path: Path) -> tuple[dict[str, str], dict[int, int]]:
-    """The rendered environment made runnable here: listeners on 127.0.0.1 and free ports, mounted
-    ConfigMaps written under ``tmp_path``; returns (env, container port -> local port)."""
+    """The rendered environment made runnable here: listeners on 127.0.0.1 and free ports, each volume
+    mount a directory under ``tmp_path`` (ConfigMaps written into it, the queue's claim and the
+    emptyDir empty) and every variable naming a path in a mount rewritten into that directory;
+    returns (env, container port -> local port)."""
     env = rendered.env()
     local: dict[int, int] = {}
     for var in PORT_VARIABLES.values():
@@ -377,18 +430,21 @@ def local_environment(rendered: Rendered, tmp_path: Path) -> tuple[dict[str, str
             port = free_port()
             local[int(value.rpartition(":")[2])] = port
             env[var] = f"127.0.0.1:{port}"
-    volumes = {v["name"]: v for v in rendered.pod["spec"]["volumes"]}
-    for mount in rendered.container.get("volumeMounts", []):
+    volumes = rendered.volumes()
+    rewritten: set[str] = set()  # tmp_path itself may be under a mount path (/tmp): rewrite once
+    # Deepest mount first, so that a path goes to the mount that holds it.
+    for mount in sorted(rendered.container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
         volume = volumes[mount["name"]]
-        if "configMap" not in volume:
-            continue
         directory = tmp_path / "mounts" / mount["mountPath"].lstrip("/")
         directory.mkdir(parents=True)
-        for key, value in rendered.named("ConfigMap", volume["configMap"]["name"]).get("data", {}).items():
-            (directory / key).write_text(value)
-        for name, value in env.items():
-            if value.startswith(mount["mountPath"].rstrip("/") + "/"):
-                env[name] = str(directory) + value[len(mount["mountPath"].rstrip("/")):]
+        if "configMap" in volume:
+            data = rendered.named("ConfigMap", volume["configMap"]["name"]).get("data", {})
+            for key, value in data.items():
+                (directory / key).write_text(value)
+        for name, value in list(env.items()):
+            if name not in rewritten and value.startswith("/") and is_under(value, mount["mountPath"]):
+                env[name] = str(directory / posixpath.relpath(posixpath.normpath(value), mount["mountPath"]))
+                rewritten.add(name)
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"):
         if env.get(name):
             # A backend in the cluster is not reachable here; nothing is exported in this test anyway.
@@ -420,6 +476,20 @@ def serving(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[by
             process.wait(timeout=10)
 
 
+def logged_errors(tmp_path: Path) -> list[str]:
+    """The lines of a process's stderr (from ``serving``) logged at ERROR or CRITICAL, or a traceback."""
+    lines = (tmp_path / "stderr.log").read_text().splitlines()
+    return [line for line in lines if re.search(r"\b(ERROR|CRITICAL)\b|^Traceback", line)]
+
+
+def wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -448,12 +518,103 @@ def grpc_export(port: int) -> None:
         export(ExportLogsServiceRequest(), timeout=5)
 
 
-def http_post(port: int, path: str) -> int:
+def http_post(port: int, path: str, body: bytes = b"") -> int:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=b"", headers={"Content-Type": "application/x-protobuf"}
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/x-protobuf"}
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.status
+
+
+# --- the persistent queue: on a claim of its own per pod ---------------------------------------------------
+
+class TestPersistentQueue:
+    def test_queue_dir_is_on_a_writable_claim(self, rendered: Rendered) -> None:
+        """TRIAGE_QUEUE_DIR is set, on a writable mount of a PersistentVolumeClaim: not on the read-only
+        root, not in /tmp's emptyDir (gone with the pod), not in a ConfigMap."""
+        assert rendered.container["securityContext"]["readOnlyRootFilesystem"] is True
+        mount = rendered.queue_mount()
+        assert mount.get("readOnly", False) is False, mount["name"]
+        assert "subPath" not in mount, "the queue's lock and database go in the claim's own directory"
+        volume = rendered.volumes()[mount["name"]]
+        assert {"persistentVolumeClaim", "volumeClaimTemplate"} & set(volume), f"{mount['name']}: {volume}"
+
+    def test_the_user_can_write_the_claim(self, rendered: Rendered) -> None:
+        """fsGroup is the container's group: the kubelet makes the claim's filesystem writable by it."""
+        pod = rendered.pod["spec"]["securityContext"]
+        group = rendered.container["securityContext"].get("runAsGroup", pod.get("runAsGroup"))
+        assert group is not None
+        assert pod["fsGroup"] == group
+
+    def test_each_pod_has_a_queue_of_its_own(self, rendered: Rendered) -> None:
+        """One pod per claim. `single`: one replica and its PersistentVolumeClaim, replaced with Recreate
+        (the old pod releases the volume and the queue's lock before the new one starts). `scaled`: a
+        StatefulSet with a claim template (a claim per ordinal, kept when the HPA scales down),
+        governed by the headless Service the Collector agents resolve."""
+        workload = rendered.workload
+        spec = workload["spec"]
+        volume = rendered.volumes()[rendered.queue_mount()["name"]]
+        if rendered.overlay == "single":
+            assert workload["kind"] == "Deployment"
+            assert spec["replicas"] == 1
+            assert spec["strategy"] == {"type": "Recreate"}
+            assert "persistentVolumeClaim" in volume
+            return
+        assert workload["kind"] == "StatefulSet"
+        assert "volumeClaimTemplate" in volume
+        assert not rendered.all("PersistentVolumeClaim"), "replicas cannot share one ReadWriteOnce claim"
+        (headless,) = [s for s in rendered.all("Service") if s["spec"].get("clusterIP") == "None"]
+        assert spec["serviceName"] == headless["metadata"]["name"]
+        retention = spec.get("persistentVolumeClaimRetentionPolicy", {})
+        assert retention.get("whenScaled", "Retain") == "Retain", "a scaled-away replica's queue is deleted"
+
+    def test_claim_holds_the_queue_bound(self, rendered: Rendered) -> None:
+        """The claim is ReadWriteOnce (one node's filesystem, as SQLite's WAL and the lock need), and
+        TRIAGE_QUEUE_MAX_BYTES is at most QUEUE_VOLUME_SHARE of it: the queue pushes back before the
+        filesystem is full."""
+        claim = rendered.claim_spec(rendered.volumes()[rendered.queue_mount()["name"]])
+        assert claim["accessModes"] in (["ReadWriteOnce"], ["ReadWriteOncePod"])
+        size = quantity_bytes(claim["resources"]["requests"]["storage"])
+        bound = int(rendered.env().get("TRIAGE_QUEUE_MAX_BYTES", DEFAULTS["TRIAGE_QUEUE_MAX_BYTES"]))
+        assert bound <= QUEUE_VOLUME_SHARE * size, f"TRIAGE_QUEUE_MAX_BYTES={bound} on a {size}-byte claim"
+
+    def test_processor_queues_on_the_volume(self, rendered: Rendered, tmp_path: Path) -> None:
+        """Started with the rendered environment (the queue's mount a directory here), the processor
+        keeps its SQLite queue there, forwards a record through it, refuses a second process on the
+        same directory (hence Recreate in `single`, a claim per pod in `scaled`), exits 0 on SIGTERM
+        and logs no error."""
+        env, _ = local_environment(rendered, tmp_path)
+        queue_dir = Path(env["TRIAGE_QUEUE_DIR"])
+        assert is_under(str(queue_dir), str(tmp_path / "mounts")), "TRIAGE_QUEUE_DIR was not moved here"
+        # No backend here: forwarded requests are printed to stdout.
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = env["OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] = ""
+        with serving(env, tmp_path) as process:
+            assert (queue_dir / DB_NAME).is_file(), sorted(p.name for p in queue_dir.iterdir())
+            marker = f"deploy-queue-{rendered.overlay}"
+            assert http_post(address_port(env, "TRIAGE_HTTP_ENDPOINT"), "/v1/logs", one_record(marker)) == 200
+            wait_for(lambda: marker in (tmp_path / "stdout.log").read_text(), "the record on stdout")
+            ports = {var: f"127.0.0.1:{free_port()}" for var in PORT_VARIABLES.values() if env.get(var)}
+            second = {**env, **ports}
+            try:
+                refused = subprocess.run(
+                    [sys.executable, "-m", "processor", "serve"],
+                    env=second, capture_output=True, text=True, timeout=START_TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired:
+                pytest.fail("a second processor on the same TRIAGE_QUEUE_DIR kept running")
+            assert refused.returncode == 2, refused.stderr
+            assert "another otlp-triage process is using it" in refused.stderr
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=rendered.pod["spec"]["terminationGracePeriodSeconds"]) == 0
+        assert not logged_errors(tmp_path)
+
+
+def one_record(body: str) -> bytes:
+    """An OTLP logs request (protobuf) with one record whose body is ``body``."""
+    record = LogRecord(time_unix_nano=time.time_ns(), severity_number=9, severity_text="INFO")
+    record.body.string_value = body
+    logs = ResourceLogs(scope_logs=[ScopeLogs(log_records=[record])])
+    return ExportLogsServiceRequest(resource_logs=[logs]).SerializeToString()
 
 
 # --- hardening: security context, resources, the image -----------------------------------------------------
@@ -483,16 +644,19 @@ class TestHardening:
         queue_mib = int(rendered.env().get("TRIAGE_MEMORY_LIMIT_MIB", DEFAULTS["TRIAGE_MEMORY_LIMIT_MIB"]))
         assert int(limit[:-2]) >= 2 * queue_mib
 
-    def test_only_tmp_is_writable(self, rendered: Rendered) -> None:
-        """With the root filesystem read-only, /tmp is an emptyDir; the ConfigMap mount is read-only."""
-        volumes = {v["name"]: v for v in rendered.pod["spec"]["volumes"]}
+    def test_only_tmp_and_the_queue_are_writable(self, rendered: Rendered) -> None:
+        """With the root filesystem read-only, the writable mounts are /tmp (an emptyDir) and the
+        persistent queue's claim; the ConfigMap mount is read-only."""
+        volumes = rendered.volumes()
+        queue = rendered.queue_mount()
         for mount in rendered.container["volumeMounts"]:
             volume = volumes[mount["name"]]
-            if "emptyDir" in volume:
+            if "configMap" in volume:
+                assert mount["readOnly"] is True, mount["name"]
+            elif "emptyDir" in volume:
                 assert mount["mountPath"] == "/tmp"
             else:
-                assert "configMap" in volume, mount["name"]
-                assert mount["readOnly"] is True, mount["name"]
+                assert mount == queue, f"{mount['name']}: a writable volume that is not the queue's"
 
     def test_image_matches_the_pod(self, rendered: Rendered) -> None:
         """The Dockerfile's user, exposed ports and command agree with the Deployment."""
