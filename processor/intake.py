@@ -106,7 +106,7 @@ class Intake:
         request = self.decode(payload, encoding)
         rejected, why = self.limits.enforce(request, len(payload))
         now = time.monotonic()
-        stats = self.pipeline.process(request, now)
+        stats = self.pipeline.process(request, now, None if rejected else payload)
         if rejected:
             stats.rejected, stats.rejected_message = rejected, why
             self.metrics.records_rejected.labels("limits").inc(rejected)

@@ -17,7 +17,7 @@ def run_corpus(**env: str):
     p = pipeline(**{"TRIAGE_CORRELATION_WINDOW": "2", **env})
     out = []
     for sent_at, request in corpus.requests:
-        p.process(request, now=sent_at)
+        p.process(request, now=sent_at, payload=request.SerializeToString())  # as the receivers call it
         out.extend(records(request))
         released = p.release_ready(now=sent_at)
         if released:

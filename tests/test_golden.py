@@ -18,15 +18,17 @@ GOLDEN = TESTDATA / "golden"
 CASES = sorted(p.stem for p in (GOLDEN / "input").glob("*.json"))
 
 
+@pytest.mark.parametrize("with_payload", [False, True], ids=["scan", "payload-prefilter"])
 @pytest.mark.parametrize("case", CASES)
-def test_golden(case: str) -> None:
-    """The processed request equals the reviewed expected output, field for field."""
+def test_golden(case: str, with_payload: bool) -> None:
+    """The processed request equals the reviewed expected output, with or without the payload prefilter."""
     request = load_request(GOLDEN / "input" / f"{case}.json")
+    payload = request.SerializeToString() if with_payload else None
     # One request on its own: nothing is held (holding across requests has its own tests).
-    pipeline(TRIAGE_CORRELATION_WINDOW="0").process(request)
+    pipeline(TRIAGE_CORRELATION_WINDOW="0").process(request, payload=payload)
     actual = otlp_json.to_dict(request)
     expected_path = GOLDEN / "expected" / f"{case}.json"
-    if os.environ.get("UPDATE_GOLDEN"):
+    if os.environ.get("UPDATE_GOLDEN") and not with_payload:
         expected_path.write_bytes(orjson.dumps(actual, option=orjson.OPT_INDENT_2) + b"\n")
     assert actual == orjson.loads(expected_path.read_bytes())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 SOURCE = "triage.source"
 SOURCE_NAME = "triage.source.name"
@@ -31,7 +32,9 @@ class Verdict:
     by every record they apply to, so per-record work is a lookup and a copy of prepared attributes.
     """
 
-    __slots__ = ("source", "name", "evidence", "confidence", "rank", "attributes", "synthetic_type", "_inherited")
+    __slots__ = (
+        "source", "name", "evidence", "confidence", "rank", "attributes", "synthetic_type", "wire", "wire_typed", "_inherited"
+    )
 
     def __init__(self, source: str, name: str, evidence: str, confidence: str = CERTAIN, rank: tuple = ()):
         self.source = source
@@ -49,6 +52,11 @@ class Verdict:
         self.attributes = tuple(attributes)
         synthetic_type = _SYNTHETIC_TYPE.get(source)
         self.synthetic_type = string_attribute(SYNTHETIC_TYPE, synthetic_type) if synthetic_type else None
+        # The enrichment as serialized LogRecord fields: merging these bytes into a record appends the
+        # attributes in C, several times cheaper than copying KeyValue messages from Python.
+        self.wire = LogRecord(attributes=attributes).SerializeToString()
+        typed = attributes + ([self.synthetic_type] if self.synthetic_type is not None else [])
+        self.wire_typed = LogRecord(attributes=typed).SerializeToString()
         self._inherited: Verdict | None = None
 
     def inherited(self) -> Verdict:
