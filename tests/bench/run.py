@@ -70,12 +70,21 @@ class Scenario:
     protocol: str  # client.GRPC | client.HTTP: into the server, and from it to the sink
     variant: str  # workload variant
     note: str
+    env: tuple[tuple[str, str], ...] = ()  # extra processor settings
 
 
 SCENARIOS = (
     Scenario("relay grpc", RELAY, client.GRPC, workload.NORMAL, "floor: forwards request bytes unparsed"),
     Scenario("otlp-triage grpc", TRIAGE, client.GRPC, workload.NORMAL, "normal mix"),
     Scenario("otlp-triage http/protobuf", TRIAGE, client.HTTP, workload.NORMAL, "normal mix"),
+    Scenario(
+        "otlp-triage grpc no-correlation",
+        TRIAGE,
+        client.GRPC,
+        workload.NORMAL,
+        "normal mix, cross-request correlation off (TRIAGE_CORRELATION_TTL=0): its cost is the difference",
+        (("TRIAGE_CORRELATION_TTL", "0"),),
+    ),
     Scenario(
         "otlp-triage grpc flood", TRIAGE, client.GRPC, workload.FLOOD, "every user agent and trace id unique"
     ),
@@ -179,7 +188,7 @@ def start_server(scenario: Scenario, sink_ports: dict[str, int], log_dir: Path) 
         "TRIAGE_HTTP_ENDPOINT": f"{HOST}:{http_port}",
         "TRIAGE_ADMIN_ENDPOINT": f"{HOST}:{admin_port}",
         "TRIAGE_LOG_LEVEL": "warning",
-    }
+    } | dict(scenario.env)
     if scenario.protocol == client.GRPC:
         env |= {
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
