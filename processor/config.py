@@ -17,6 +17,9 @@ from urllib.parse import urlparse
 
 from opentelemetry.util.re import parse_env_headers
 
+from .redact import parse_attributes as parse_redact_attributes
+from .redact import parse_patterns as parse_redact_patterns
+
 SOURCES = ("user", "synthetic", "probe", "bot", "service", "unknown")
 MiB = 1024 * 1024
 
@@ -82,6 +85,16 @@ VARIABLES: tuple[Variable, ...] = (
         "TRIAGE_AUTH_TOKEN_FILE",
         "",
         "File of accepted bearer tokens, one per line (several for rotation); unset: no token required.",
+    ),
+    Variable(
+        "TRIAGE_REDACT_ATTRIBUTES",
+        "default",
+        "Attributes whose values are replaced by [REDACTED]: default, none, extra keys, -key to remove.",
+    ),
+    Variable(
+        "TRIAGE_REDACT_PATTERNS",
+        "default",
+        'Secrets replaced inside strings: default (jwt, auth0-appsession, bearer, bearer-lowercase), none, or JSON {"name": "regex"}.',
     ),
     Variable("TRIAGE_MAX_REQUEST_BYTES", str(8 * MiB), "Largest request body accepted as sent (compressed)."),
     Variable("TRIAGE_MAX_DECOMPRESSED_BYTES", str(32 * MiB), "Largest request accepted after decompression."),
@@ -190,6 +203,8 @@ class Config:
     tls_key_file: str
     tls_client_ca_file: str
     auth_token_file: str
+    redact_attributes: tuple[str, ...]
+    redact_patterns: tuple[tuple[str, str], ...]
     max_request_bytes: int
     max_decompressed_bytes: int
     max_records_per_request: int
@@ -230,6 +245,8 @@ class Config:
             tls_key_file=reader.get("TRIAGE_TLS_KEY_FILE", _readable_file, empty=""),
             tls_client_ca_file=reader.get("TRIAGE_TLS_CLIENT_CA_FILE", _readable_file, empty=""),
             auth_token_file=reader.get("TRIAGE_AUTH_TOKEN_FILE", _readable_file, empty=""),
+            redact_attributes=reader.get("TRIAGE_REDACT_ATTRIBUTES", _via(parse_redact_attributes), empty=()),
+            redact_patterns=reader.get("TRIAGE_REDACT_PATTERNS", _via(parse_redact_patterns), empty=()),
             max_request_bytes=reader.get("TRIAGE_MAX_REQUEST_BYTES", _positive_int),
             max_records_per_request=reader.get("TRIAGE_MAX_RECORDS_PER_REQUEST", _positive_int),
             max_attributes_per_record=reader.get("TRIAGE_MAX_ATTRIBUTES_PER_RECORD", _positive_int),
@@ -321,6 +338,18 @@ def _positive_float(value: str) -> float:
     if not number > 0 or number == float("inf"):
         raise _Invalid("expected a number of seconds greater than 0")
     return number
+
+
+def _via(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser whose ValueError message becomes the variable's problem."""
+
+    def checked(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+
+    return checked
 
 
 def _non_negative_float(value: str) -> float:

@@ -21,6 +21,7 @@ from . import otlp_json
 from .metrics import Metrics
 from .pipeline import Pipeline, Stats
 from .queue import Batch, BoundedQueue
+from .redact import Redactor
 from .status import INVALID, OVERLOADED, SHUTTING_DOWN, TOO_LARGE, UNSUPPORTED, Rejected
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,16 @@ class Limits:
 
 class Intake:
     def __init__(
-        self, pipeline: Pipeline, queue: BoundedQueue, metrics: Metrics, memory_limit: int, limits: Limits | None = None
+        self,
+        pipeline: Pipeline,
+        queue: BoundedQueue,
+        metrics: Metrics,
+        memory_limit: int,
+        limits: Limits | None = None,
+        redactor: Redactor | None = None,
     ):
         self.pipeline = pipeline
+        self.redactor = redactor or Redactor((), ())
         self.queue = queue
         self.metrics = metrics
         self.memory_limit = memory_limit
@@ -110,6 +118,8 @@ class Intake:
         if rejected:
             stats.rejected, stats.rejected_message = rejected, why
             self.metrics.records_rejected.labels("limits").inc(rejected)
+        if self.redactor.needed(payload):  # after classification, which may need what goes
+            self._redact(request)
         self.metrics.received(transport, stats.records + stats.held)
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier
@@ -141,7 +151,15 @@ class Intake:
             return None
         request, stats = released
         self.metrics.processed(stats)
+        if self.redactor.active:  # held records were kept as they came
+            self._redact(request)
         return Batch(request.SerializeToString(), stats.records)
+
+    def _redact(self, request: ExportLogsServiceRequest) -> None:
+        counts: dict[str, int] = {}
+        self.redactor.redact_request(request, counts)
+        for rule, count in counts.items():
+            self.metrics.redactions.labels(rule).inc(count)
 
     async def release(self, now: float, everything: bool = False) -> None:
         """Queue the held records that are ready (evidence came, window passed), or all of them."""

@@ -34,6 +34,10 @@ class Metrics:
             "triage_records_rejected", "Records refused inside an accepted request (partial success).", ["reason"],
             registry=registry,
         )
+        self.redactions = Counter(
+            "triage_redactions", "Secrets replaced by [REDACTED], by rule (attribute, jwt, ...).", ["rule"],
+            registry=registry,
+        )
         self.records_by_source = Counter(
             "triage_records_by_source", "Log records by decided source.", ["source"], registry=registry
         )

@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .disk_queue import DiskQueue
 from .queue import BoundedQueue
+from .redact import Redactor
 from .security import FileWatcher, TlsMaterial, TokenAuth
 from .receivers.grpc import GrpcReceiver
 from .receivers.http import HttpReceiver
@@ -70,7 +71,8 @@ class Service:
         else:
             self.queue = BoundedQueue(config.memory_limit_bytes)
         limits = Limits(config.max_records_per_request, config.max_attributes_per_record, config.max_record_bytes)
-        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits)
+        redactor = Redactor(config.redact_attributes, config.redact_patterns)
+        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits, redactor)
         self.tls = (
             TlsMaterial(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
             if config.tls_cert_file
