@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections import deque
 
-from .queue import Batch
+from .queue import Batch, QueueAccounting
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,11 @@ class QueueDirError(Exception):
     """The queue directory cannot be used; the message names it and the fix."""
 
 
-class DiskQueue:
+class DiskQueue(QueueAccounting):
     persistent = True
 
     def __init__(self, directory: str, max_bytes: int, fsync: str = "always"):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.records = 0
-        self.batches = 0
+        super().__init__(max_bytes)
         self.path = os.path.join(directory, DB_NAME)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -62,16 +59,11 @@ class DiskQueue:
             raise QueueDirError(f"{self.path}: not a usable queue database ({e}); move it aside to start empty") from None
         self._index: deque[tuple[int, int, int]] = deque(rows)  # (id, records, size), waiting to be sent
         for _, records, size in rows:
-            self.bytes += size
-            self.records += records
-            self.batches += 1
+            self._count_in(size, records)
         self.replayed = (len(rows), self.records)
         self._reader = self._connect()
         self._ops: thread_queue.SimpleQueue = thread_queue.SimpleQueue()
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        if not self.batches:
-            self._idle.set()
         if rows:
             self._wakeup.set()
         self._loop = asyncio.get_running_loop()
@@ -127,26 +119,16 @@ class DiskQueue:
 
     # --- the queue interface (event loop) ----------------------------------------------------------------
 
-    def has_room(self, size: int) -> bool:
-        return self.bytes == 0 or self.bytes + size <= self.max_bytes
-
     async def put(self, batch: Batch) -> None:
         """Returns once the batch is durably written (per TRIAGE_QUEUE_FSYNC); raises OSError if not."""
         size = len(batch.payload)
-        self.bytes += size  # reserved now, so concurrent puts see the room taken
-        self.records += batch.records
-        self.batches += 1
-        self._idle.clear()
+        self._count_in(size, batch.records)  # reserved now, so concurrent puts see the room taken
         future = self._loop.create_future()
         self._ops.put(("put", (batch.payload, batch.records), future))
         try:
             row_id = await future
         except BaseException:
-            self.bytes -= size
-            self.records -= batch.records
-            self.batches -= 1
-            if self.batches == 0:
-                self._idle.set()
+            self._count_out(size, batch.records)
             raise
         self._index.append((row_id, batch.records, size))
         self._wakeup.set()
@@ -165,14 +147,7 @@ class DiskQueue:
 
     def done(self, batch: Batch) -> None:
         self._ops.put(("delete", batch.id, None))
-        self.bytes -= len(batch.payload)
-        self.records -= batch.records
-        self.batches -= 1
-        if self.batches == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+        self._count_out(len(batch.payload), batch.records)
 
     def pending(self) -> list[Batch]:
         """Queued batches (without payloads): they stay on disk and are replayed on the next start."""

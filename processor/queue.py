@@ -23,16 +23,14 @@ class QueueFull(Exception):
     """No room for the request: the caller answers 503 / UNAVAILABLE with a retry hint."""
 
 
-class BoundedQueue:
-    persistent = False
+class QueueAccounting:
+    """What is queued or in flight, for the bound, the metrics and the drain; shared by both queues."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
         self.records = 0
         self.batches = 0  # queued or in flight
-        self._items: deque[Batch] = deque()
-        self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -41,12 +39,34 @@ class BoundedQueue:
         # so one large request cannot be refused forever.
         return self.bytes == 0 or self.bytes + size <= self.max_bytes
 
-    async def put(self, batch: Batch) -> None:
-        self._items.append(batch)
-        self.bytes += len(batch.payload)
-        self.records += batch.records
+    def _count_in(self, size: int, records: int) -> None:
+        self.bytes += size
+        self.records += records
         self.batches += 1
         self._idle.clear()
+
+    def _count_out(self, size: int, records: int) -> None:
+        self.bytes -= size
+        self.records -= records
+        self.batches -= 1
+        if self.batches == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class BoundedQueue(QueueAccounting):
+    persistent = False
+
+    def __init__(self, max_bytes: int):
+        super().__init__(max_bytes)
+        self._items: deque[Batch] = deque()
+        self._wakeup = asyncio.Event()
+
+    async def put(self, batch: Batch) -> None:
+        self._items.append(batch)
+        self._count_in(len(batch.payload), batch.records)
         self._wakeup.set()
 
     async def get(self) -> Batch:
@@ -57,14 +77,7 @@ class BoundedQueue:
 
     def done(self, batch: Batch) -> None:
         """The batch is finished with (delivered, or given up and counted): release its room."""
-        self.bytes -= len(batch.payload)
-        self.records -= batch.records
-        self.batches -= 1
-        if self.batches == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+        self._count_out(len(batch.payload), batch.records)
 
     def pending(self) -> list[Batch]:
         return list(self._items)

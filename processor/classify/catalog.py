@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from ..data_files import parse_named
+
 SIGNATURE_SOURCES = ("synthetic", "probe", "bot", "service")
 _KEYS = {"name", "source", "user_agent", "headers", "tracestate", "reference", "description"}
 
@@ -52,23 +54,7 @@ def parse_catalog(text: bytes, origin: str) -> tuple[Signature, ...]:
         raise CatalogError(f"{origin}: not valid JSON: {e}") from None
     if not isinstance(document, dict) or not isinstance(document.get("signatures"), list):
         raise CatalogError(f'{origin}: expected an object {{"signatures": [...]}}')
-    problems: list[str] = []
-    signatures = []
-    seen: set[str] = set()
-    for i, entry in enumerate(document["signatures"]):
-        where = f"{origin}: signatures[{i}]"
-        try:
-            signature = _signature(entry)
-        except CatalogError as e:
-            problems.append(f"{where}: {e}")
-            continue
-        if signature.name in seen:
-            problems.append(f"{where}: duplicate name {signature.name!r}")
-        seen.add(signature.name)
-        signatures.append(signature)
-    if problems:
-        raise CatalogError("\n".join(problems))
-    return tuple(signatures)
+    return parse_named(document["signatures"], _signature, lambda i: f"{origin}: signatures[{i}]", CatalogError)
 
 
 def _signature(entry: Any) -> Signature:

@@ -20,6 +20,8 @@ from importlib import resources
 from typing import Any
 
 import orjson
+
+from ..data_files import parse_named
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 _RULE_KEYS = {
@@ -237,20 +239,8 @@ def parse_rules(text: bytes, origin: str) -> tuple[tuple[Rule, ...], frozenset[s
         raise RulesError(f"{origin}: 'rules' must be a list")
     if not isinstance(disabled, list) or not all(isinstance(n, str) for n in disabled):
         raise RulesError(f"{origin}: 'disable_builtin' must be a list of rule names")
-    problems, rules, seen = [], [], set()
-    for i, entry in enumerate(entries):
-        try:
-            rule = _rule(entry)
-        except RulesError as e:
-            problems.append(f"{origin}: rules[{i}]: {e}")
-            continue
-        if rule.name in seen:
-            problems.append(f"{origin}: rules[{i}]: duplicate name {rule.name!r}")
-        seen.add(rule.name)
-        rules.append(rule)
-    if problems:
-        raise RulesError("\n".join(problems))
-    return tuple(rules), frozenset(disabled)
+    rules = parse_named(entries, _rule, lambda i: f"{origin}: rules[{i}]", RulesError)
+    return rules, frozenset(disabled)
 
 
 def _strings(entry: dict, key: str) -> list[str]:
