@@ -46,8 +46,9 @@ class TraceMemory:
         traces = self._traces
         entry = traces.get(trace_id)
         if entry is not None:
-            known, _ = entry
-            if not outranks(verdict, known):
+            known, expires = entry
+            # An expired verdict is forgotten, not merged: fresh evidence alone decides.
+            if expires > now and not outranks(verdict, known):
                 verdict = known
             traces.move_to_end(trace_id)
         traces[trace_id] = (verdict, now + self.ttl_s)

@@ -37,16 +37,29 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     if encoding not in ("gzip", "deflate"):
         raise Rejected(UNSUPPORTED, f"unsupported Content-Encoding {encoding!r}; use gzip or none")
     # wbits: 16+ for a gzip wrapper, + for zlib; deflate bodies in the wild are zlib-wrapped.
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as e:
-        raise Rejected(INVALID, f"malformed {encoding} body: {e}") from None
-    if len(out) > limit:
-        raise Rejected(TOO_LARGE, f"decompressed body exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise Rejected(INVALID, f"truncated {encoding} body")
-    return out
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    data = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(data, limit - size + 1)
+        except zlib.error as e:
+            raise Rejected(INVALID, f"malformed {encoding} body: {e}") from None
+        size += len(part)
+        if size > limit:
+            raise Rejected(TOO_LARGE, f"decompressed body exceeds the limit of {limit} bytes")
+        parts.append(part)
+        if not inflater.eof:
+            raise Rejected(INVALID, f"truncated {encoding} body")
+        data = inflater.unused_data
+        if not data:
+            return b"".join(parts)
+        # A gzip body may hold several members (RFC 1952): all of them are the body. Anything else
+        # after the end of the stream is refused rather than silently dropped.
+        if encoding != "gzip" or not data.startswith(b"\x1f\x8b"):
+            raise Rejected(INVALID, f"unexpected bytes after the end of the {encoding} stream")
 
 
 @dataclass(frozen=True)
