@@ -126,12 +126,15 @@ class Intake:
         self.admit(len(payload))
         request = self.decode(payload, encoding)
         rejected, why = self.limits.enforce(request, len(payload))
+        # The byte prefilters need the protobuf wire form: in JSON a key or a secret can be written
+        # with escapes (user_agent\u002eoriginal) that no byte search would find.
+        wire = payload if encoding == PROTOBUF and not rejected else request.SerializeToString()
         now = time.monotonic()
-        stats = self.pipeline.process(request, now, None if rejected else payload)
+        stats = self.pipeline.process(request, now, wire)
         if rejected:
             stats.rejected, stats.rejected_message = rejected, why
             self.metrics.records_rejected.labels("limits").inc(rejected)
-        if self.redactor.needed(payload):  # after classification, which may need what goes
+        if self.redactor.needed(wire):  # after classification, which may need what goes
             self._redact(request)
         self.metrics.received(transport, stats.records + stats.held)
         self.metrics.processed(stats)

@@ -18,7 +18,8 @@ from google.protobuf.message import Message
 # Field names (JSON and proto spelling) that OTLP encodes as hex instead of base64.
 _ID_FIELDS = frozenset({"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"})
 _ID_LENGTHS = {"traceId": 16, "trace_id": 16}  # everything else: 8 bytes
-_MAX_DEPTH = 64
+# Deeper than protobuf's own nesting limit (100), so that limit is the one that applies to both encodings.
+_MAX_DEPTH = 256
 
 M = TypeVar("M", bound=Message)
 
