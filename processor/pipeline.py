@@ -137,7 +137,7 @@ class Pipeline:
                         self._learn(memory, record.trace_id, verdict, now)
                     self._decide(record, verdict, has_synthetic_type, rule, stats)
 
-        held_from: dict[int, tuple] = {}  # id(scope_logs) -> (scope_logs, held records)
+        held_from: dict[int, tuple] = {}  # id(scope_logs) -> (resource_logs, scope_logs, records to hold)
         for record, index, has_synthetic_type, rule, resource_logs, scope_logs in undecided:
             trace_id = record.trace_id
             known = memory.recall(trace_id, now) if trace_id else None
