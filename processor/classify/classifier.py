@@ -166,6 +166,10 @@ class Classifier:
         return self.address(key, value.string_value)
 
     def path(self, key: str, target: str) -> Verdict | None:
+        found = self._paths.get((key, target))
+        plain = not target.endswith("/") and "?" not in target and "#" not in target
+        if found is not None or plain:
+            return found  # the common case: a plain path, exact hit or miss
         path = target.split("?", 1)[0].split("#", 1)[0]
         if len(path) > 1:
             path = path.rstrip("/")
