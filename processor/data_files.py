@@ -8,6 +8,19 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def entry_name(entry: Any, allowed: set[str], error: type[Exception]) -> str:
+    """Check an entry is an object with only ``allowed`` keys and a non-empty ``name``; return the name."""
+    if not isinstance(entry, dict):
+        raise error("expected an object")
+    unknown = set(entry) - allowed
+    if unknown:
+        raise error(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise error("'name' must be a non-empty string")
+    return name
+
+
 def parse_named(
     entries: list[Any], parse: Callable[[Any], T], where: Callable[[int], str], error: type[Exception]
 ) -> tuple[T, ...]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..data_files import parse_named
+from ..data_files import entry_name, parse_named
 
 SIGNATURE_SOURCES = ("synthetic", "probe", "bot", "service")
 _KEYS = {"name", "source", "user_agent", "headers", "tracestate", "reference", "description"}
@@ -58,14 +58,7 @@ def parse_catalog(text: bytes, origin: str) -> tuple[Signature, ...]:
 
 
 def _signature(entry: Any) -> Signature:
-    if not isinstance(entry, dict):
-        raise CatalogError("expected an object")
-    unknown = set(entry) - _KEYS
-    if unknown:
-        raise CatalogError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise CatalogError("'name' must be a non-empty string")
+    name = entry_name(entry, _KEYS, CatalogError)
     source = entry.get("source")
     if source not in SIGNATURE_SOURCES:
         raise CatalogError(f"{name}: 'source' must be one of {', '.join(SIGNATURE_SOURCES)}")

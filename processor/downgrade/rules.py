@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ..data_files import parse_named
+from ..data_files import entry_name, parse_named
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 _RULE_KEYS = {
@@ -264,14 +264,7 @@ def _words(values: list[str]) -> re.Pattern[str] | None:
 
 
 def _rule(entry: Any) -> Rule:
-    if not isinstance(entry, dict):
-        raise RulesError("expected an object")
-    unknown = set(entry) - _RULE_KEYS
-    if unknown:
-        raise RulesError(f"unknown key(s) {sorted(unknown)}; allowed: {sorted(_RULE_KEYS)}")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise RulesError("'name' must be a non-empty string")
+    name = entry_name(entry, _RULE_KEYS, RulesError)
     severity = entry.get("min_severity_number", 13)
     if not isinstance(severity, int) or not 1 <= severity <= 24:
         raise RulesError(f"{name}: 'min_severity_number' must be 1..24 (13 = WARN, 17 = ERROR)")

@@ -16,10 +16,8 @@ Usage: python tests/bench/naive_sdk.py SINK_HOST:PORT   (prints {"grpc": port} o
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
-import grpc
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -31,10 +29,8 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
-from procs import HOST, announce
+from procs import MAX_MESSAGE_BYTES, serve_logs_export
 
-SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _EMPTY = ExportLogsServiceResponse().SerializeToString()
 
 
@@ -107,24 +103,7 @@ async def main(sink: str) -> None:
         reemitter.emit(request)
         return _EMPTY
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
-            ),
-        )
-    )
-    port = server.add_insecure_port(f"{HOST}:0")
-    await server.start()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    announce(grpc=port)
-    await stop.wait()
-    await server.stop(1)
+    await serve_logs_export(export, [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     reemitter.shutdown()
 
 

@@ -43,6 +43,30 @@ class Usage:
     peak_rss_bytes: int  # high-water mark since start
 
 
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+async def serve_logs_export(export, options: list[tuple[str, int]]) -> None:
+    """Serve LogsService/Export with ``export`` (raw bytes in and out) on a free port until SIGTERM/SIGINT."""
+    import asyncio
+
+    import grpc
+
+    server = grpc.aio.server(options=options)
+    handler = grpc.method_handlers_generic_handler(LOGS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)})
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{HOST}:0")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    announce(grpc=port)
+    await stop.wait()
+    await server.stop(1)
+
+
 def slug(name: str) -> str:
     """A scenario name as a file name."""
     return "".join(c if c.isalnum() else "_" for c in name)

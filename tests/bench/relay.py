@@ -10,15 +10,12 @@ Usage: python tests/bench/relay.py SINK_HOST:PORT   (prints {"grpc": port} once 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 import grpc
-from procs import HOST, announce
+from procs import LOGS_SERVICE, MAX_MESSAGE_BYTES, serve_logs_export
 
-SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
-METHOD = f"/{SERVICE}/Export"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+METHOD = f"/{LOGS_SERVICE}/Export"
 
 
 async def main(sink: str) -> None:
@@ -29,24 +26,7 @@ async def main(sink: str) -> None:
     async def export(request: bytes, context) -> bytes:
         return await forward(request, timeout=30)
 
-    server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)}
-            ),
-        )
-    )
-    port = server.add_insecure_port(f"{HOST}:0")
-    await server.start()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    announce(grpc=port)
-    await stop.wait()
-    await server.stop(1)
+    await serve_logs_export(export, options)
     await channel.close()
 
 
