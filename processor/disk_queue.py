@@ -62,6 +62,7 @@ class DiskQueue(QueueAccounting):
             self._count_in(size, records)
         self.replayed = (len(rows), self.records)
         self._reader = self._connect()
+        self._read_lock = threading.Lock()
         self._ops: thread_queue.SimpleQueue = thread_queue.SimpleQueue()
         self._wakeup = asyncio.Event()
         if rows:
@@ -142,7 +143,10 @@ class DiskQueue(QueueAccounting):
         return Batch(payload, records, row_id)
 
     def _read(self, row_id: int) -> bytes:
-        row = self._reader.execute("SELECT payload FROM batches WHERE id = ?", (row_id,)).fetchone()
+        # Export workers read concurrently from worker threads; one sqlite3 connection must not be
+        # used by two threads at once.
+        with self._read_lock:
+            row = self._reader.execute("SELECT payload FROM batches WHERE id = ?", (row_id,)).fetchone()
         return row[0]
 
     def done(self, batch: Batch) -> None:

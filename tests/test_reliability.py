@@ -1,184 +1,491 @@
-"""Nothing acknowledged is lost: a long backend outage, kill -9 mid-load, and sustained overload.
+"""Nothing acknowledged is lost (issue 4): five fault scenarios under real load, real processes over loopback.
 
-Real processes over loopback: load generators (threads sending over gRPC and HTTP), the processor,
-the sink. Every record carries a unique ``test.id``; what the processor acknowledged (200 / OK) must
-reach the sink, at least once. The other two scenarios of issue 4 (retryable-then-permanent
-backend errors; SIGTERM under load) are in test_e2e_faults.py.
+Each test runs a ``LoadGenerator`` (tests/loadgen.py): several senders over OTLP/gRPC and OTLP/HTTP,
+100 records per request, each record with a unique integer ``load.id``; refusals are retried like a
+Collector's exporter does (backoff, retry hints honoured, bounded attempts). At the end what the
+processor **acknowledged** (HTTP 200 / gRPC OK) is compared with what the sink process stored:
+acknowledged ⊆ delivered, duplicates counted (delivery is at-least-once), and nothing delivered that
+was never sent.
 
-Each test prints its figures (run with -s to see them).
+1. The backend is killed for 30 s under steady load, then restarted on the same ports.
+2. ``kill -9`` of the processor mid-load with the persistent queue, then a restart on the same ports.
+3. The backend answers 503 / UNAVAILABLE, and 400 / INVALID_ARGUMENT for some requests.
+4. 60 s of load above the backend's capacity: backpressure, bounded RSS, nothing acknowledged lost.
+5. ``SIGTERM`` during load with a backlog: exit 0 within the grace period, nothing acknowledged lost.
+
+test_e2e_faults.py holds the single-request versions (one failing export, one kill -9 with an idle
+queue, SIGTERM with one-record requests); these add sustained load, in-flight requests at the moment of
+the fault, and the figures. Each test prints them (run with ``-s``) and writes them to
+``<tmp_path>/figures.json``.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
+import re
 import signal
-import threading
+import subprocess
+import sys
 import time
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-import grpc
+import pytest
 
-from .conftest import GrpcClient, Processor, Sink, export_request, http_post, log_record, wait_for
+from .conftest import (
+    ROOT,
+    SINK,
+    START_TIMEOUT_S,
+    Launcher,
+    Processor,
+    Sink,
+    _clean_env,
+    wait_for,
+)
+from .loadgen import GRPC, HTTP, Delivered, LoadGenerator, RssSampler, Throttle
 
-_ids = itertools.count(1)
-_ids_lock = threading.Lock()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-class Load:
-    """Senders that keep exporting until stopped; they remember what was acknowledged."""
-
-    def __init__(self, proc: Processor, records_per_request: int, body_bytes: int, pause_s: float):
-        self.proc = proc
-        self.records_per_request = records_per_request
-        self.body = "x" * body_bytes
-        self.pause_s = pause_s
-        self.acknowledged: set[int] = set()
-        self.refused = 0
-        self.sent = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def start(self, transports: tuple[str, ...] = ("http", "grpc")) -> Load:
-        self._threads = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in transports]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-
-    def _request(self) -> tuple[list[int], bytes]:
-        with _ids_lock:
-            ids = [next(_ids) for _ in range(self.records_per_request)]
-        records = [log_record(self.body, **{"test.id": i}) for i in ids]
-        return ids, export_request(*records).SerializeToString()
-
-    def _run(self, transport: str) -> None:
-        client = GrpcClient(self.proc.grpc_endpoint) if transport == "grpc" else None
-        deadline = time.monotonic() + 300  # bounded whatever happens
-        try:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                ids, payload = self._request()
-                self.sent += len(ids)
-                try:
-                    if client is not None:
-                        ok = client.call(payload, timeout=10)[0] == grpc.StatusCode.OK
-                    else:
-                        ok = http_post(self.proc.http_url, payload, timeout=10)[0] == 200
-                except OSError:  # connection refused while the processor is down
-                    ok = False
-                if ok:
-                    self.acknowledged.update(ids)
-                else:
-                    self.refused += len(ids)  # a Collector would retry these later; here they are new ids
-                self._stop.wait(self.pause_s if ok else max(self.pause_s, 0.2))
-        finally:
-            if client is not None:
-                client.close()
+OUTAGE_S = 30.0  # scenario 1
+OVERLOAD_S = 60.0  # scenario 4
+SHUTDOWN_TIMEOUT_S = 10  # scenario 5: TRIAGE_SHUTDOWN_TIMEOUT
+# Scenario 5: SIGTERM first stops the receivers, letting in-flight requests finish for up to
+# min(5 s, timeout / 4) (README, "A pod leaving"), then drains for up to the timeout; plus 2 s for the
+# interpreter to exit. The Kubernetes grace period is sized the same way (10 + 5 + 20 + 10).
+RECEIVER_GRACE_S = min(5.0, SHUTDOWN_TIMEOUT_S / 4)
+EXIT_MARGIN_S = 2.0
+# Scenario 4: TRIAGE_MEMORY_LIMIT_MIB bounds the *queued* data, not the interpreter; the allowance covers
+# requests being received and decoded (8 senders x ~110 KB on the wire, several times that decoded),
+# gRPC/aiohttp buffers, and allocator slack.
+MEMORY_LIMIT_MIB = 32
+RSS_ALLOWANCE_MIB = 32
 
 
-def delivered(sink: Sink) -> Counter:
-    return Counter(sink.ids("test.id"))
+# --- helpers -----------------------------------------------------------------------------------------------
 
 
-def assert_all_arrive(sink: Sink, acknowledged: set[int], timeout: float) -> Counter:
-    wait_for(lambda: acknowledged <= set(delivered(sink)), timeout, f"{len(acknowledged)} acknowledged records")
-    return delivered(sink)
+def report(tmp_path: Path, scenario: str, **figures) -> None:
+    """Print the figures on one line (visible with -s) and keep them in tmp_path/figures.json."""
+    shown = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                      for k, v in figures.items())
+    print(f"\n[{scenario}] {shown}")
+    (tmp_path / "figures.json").write_text(json.dumps({"scenario": scenario, **figures}, indent=1))
 
 
-def test_backend_down_30s_under_steady_load(sink_factory, processor) -> None:
-    """The backend refuses everything for 30 s while ~1,000 records/s keep coming: all acknowledged arrive."""
+def exporter_figures(metrics: dict[str, float]) -> dict[str, float]:
+    """Retries, drops by reason and refusals by reason/transport, from /metrics (absent series: 0)."""
+    picked = {"export_retries": metrics.get("triage_export_retries_total", 0.0), "dropped_total": dropped(metrics)}
+    for key, value in metrics.items():
+        if key.startswith(("triage_records_dropped_total{", "triage_requests_rejected_total{")):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', key))
+            name = "dropped" if key.startswith("triage_records_dropped") else "rejected"
+            picked["_".join([name, *labels.values()])] = value
+    return picked
+
+
+def dropped(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("triage_records_dropped_total{"))
+
+
+def check_delivery(load: LoadGenerator, delivered: Delivered, timeout: float) -> float:
+    """Every acknowledged record arrived (waiting up to ``timeout``); nothing arrived that was never sent.
+
+    Returns the seconds waited."""
+    waited = delivered.wait_all(load.acknowledged_ids(poisoned=False), timeout)
+    strangers = delivered.counts.keys() - load.sent_ids()
+    assert not strangers, f"{len(strangers)} records arrived that were never sent, e.g. {sorted(strangers)[:5]}"
+    return waited
+
+
+def load_figures(load: LoadGenerator, delivered: Delivered) -> dict[str, int]:
+    s = load.summary()
+    return {
+        "records_sent": s["records_sent"],
+        "acknowledged": s["acknowledged"],
+        "refused_answers": s["refused_answers"],
+        "abandoned": s["abandoned"],
+        "delivered": len(delivered.counts),
+        "duplicates": delivered.duplicates(),
+    }
+
+
+class SinkOnPorts(Sink):
+    """tests/sink.py started on given ports: the backend coming back at its old address."""
+
+    def __init__(self, directory: Path, grpc_port: int, http_port: int):
+        directory.mkdir()
+        self.out = directory / "sink.jsonl"
+        self.control = directory / "sink-failing"
+        self.stderr_path = directory / "sink.stderr"
+        ready = directory / "sink-ready.json"
+        command = [sys.executable, str(SINK), "--out", str(self.out), "--ready", str(ready)]
+        command += ["--fail-while", str(self.control), "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=_clean_env(), cwd=ROOT)
+
+        def listening() -> dict | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sink exited with {self.proc.returncode}: {self.stderr_text()}")
+            return json.loads(ready.read_text()) if ready.exists() else None
+
+        ports = wait_for(listening, START_TIMEOUT_S, "the restarted sink to listen")
+        self.grpc_port, self.http_port = ports["grpc_port"], ports["http_port"]
+        assert (self.grpc_port, self.http_port) == (grpc_port, http_port)
+
+
+def kill_sink(launcher: Launcher, sink: Sink) -> None:
+    """SIGKILL: the backend is gone and its ports refuse connections (the launcher no longer stops it)."""
+    sink.proc.send_signal(signal.SIGKILL)
+    assert sink.proc.wait(5) == -signal.SIGKILL
+    launcher.sinks.remove(sink)
+
+
+def restart_sink(launcher: Launcher, old: Sink) -> Sink:
+    sink = SinkOnPorts(launcher.directory / f"sink{len(launcher.sinks)}-restarted", old.grpc_port, old.http_port)
+    launcher.sinks.append(sink)
+    return sink
+
+
+def restart_processor(processor: Callable[..., Processor], old: Processor, sink: Sink, **env: str) -> Processor:
+    """A new processor process on the old one's addresses, as a restarted pod behind its Service."""
+    new = processor(
+        sink=sink,
+        wait=False,
+        TRIAGE_GRPC_ENDPOINT=old.grpc_endpoint,
+        TRIAGE_HTTP_ENDPOINT=old.http_url.split("/")[2],
+        TRIAGE_ADMIN_ENDPOINT=old.admin_url.split("/")[2],
+        **env,
+    )
+    new.grpc_endpoint, new.http_url, new.admin_url = old.grpc_endpoint, old.http_url, old.admin_url
+    new.wait_ready()
+    return new
+
+
+def sink_answers(*sinks: Sink) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sink in sinks:
+        for entry in sink.entries():
+            counts[entry["answer"]] = counts.get(entry["answer"], 0) + 1
+    return counts
+
+
+# --- 1. backend down for 30 s ------------------------------------------------------------------------------
+
+
+class SlowRecovery(AssertionError):
+    """Delivery resumed too late after the backend came back (nothing was lost)."""
+
+
+RETRY_MAX_INTERVAL_S = 2.0  # scenario 1: TRIAGE_RETRY_MAX_INTERVAL
+# Delivery must resume within one capped, jittered backoff (+20 %) for the connection to the backend to be
+# re-established and one for the exporter's next retry, + 1 s.
+RECOVERY_BOUND_S = 2 * RETRY_MAX_INTERVAL_S * 1.2 + 1.0
+
+GRPC_RECONNECT_BACKOFF = pytest.mark.xfail(
+    raises=SlowRecovery,
+    strict=True,
+    reason=(
+        "processor/export/transports.py:103-105 GrpcTransport creates its grpc.aio channel without "
+        "grpc.initial/max_reconnect_backoff_ms, so gRPC's own connection backoff applies (1 s x1.6 up to "
+        "120 s, gRPC doc/connection-backoff.md): while the channel waits for its next reconnect, every "
+        "export fails fast with UNAVAILABLE, and after a 30 s outage delivery resumes 10-17 s after the "
+        "backend is back (up to 120 s after a long outage) instead of within TRIAGE_RETRY_MAX_INTERVAL. "
+        "Fix: pass ('grpc.max_reconnect_backoff_ms', TRIAGE_RETRY_MAX_INTERVAL in ms) (and a small initial "
+        "backoff) in the channel options; verified: 10 s outage, delivery 7.5 s -> 1.0 s after the backend's return"
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("queue", "backend"),
+    [
+        # The default queue; the HTTP exporter sees connection refused, then connects at its next retry.
+        pytest.param("memory", "http/protobuf", id="memory-queue-http-backend"),
+        # TRIAGE_QUEUE_DIR; the gRPC exporter's channel must reconnect.
+        pytest.param("persistent", "grpc", id="persistent-queue-grpc-backend", marks=GRPC_RECONNECT_BACKOFF),
+    ],
+)
+def test_backend_down_30s_under_steady_load(queue, backend, launcher, sink_factory, processor, tmp_path):
+    """The backend process is killed (its ports refuse connections) for 30 s while 2,000 records/s keep
+    coming over gRPC and HTTP, then restarted on the same ports: every acknowledged record arrives, and
+    delivery resumes within RECOVERY_BOUND_S of the backend's return."""
     sink = sink_factory()
-    proc = processor(sink=sink, TRIAGE_RETRY_MAX_INTERVAL="2")
-    load = Load(proc, records_per_request=50, body_bytes=200, pause_s=0.1).start()
+    env = {"TRIAGE_RETRY_MAX_INTERVAL": str(RETRY_MAX_INTERVAL_S)}
+    if queue == "persistent":
+        env["TRIAGE_QUEUE_DIR"] = str(tmp_path / "queue")
+    proc = processor(sink=sink, protocol=backend, **env)
+    delivered = Delivered(sink.out)
+    load = LoadGenerator(proc.grpc_endpoint, proc.http_url, requests_per_s=20).start()
     try:
-        wait_for(lambda: len(load.acknowledged) >= 500, 10, "steady traffic")
-        sink.control.touch()  # the backend goes down: every export answered UNAVAILABLE / 503
-        outage_started = time.monotonic()
-        time.sleep(30)
-        queued = proc.metrics()["triage_queue_records"]
-        sink.recover()
-        time.sleep(3)  # keep the load on through the recovery
+        wait_for(lambda: load.acknowledged_count() >= 2000, 10, "steady traffic")
+        kill_sink(launcher, sink)
+        down_at = time.monotonic()
+        max_queued = 0.0
+        for _ in range(int(OUTAGE_S) + 5):  # one look a second; bounded in count and time
+            if time.monotonic() - down_at >= OUTAGE_S:
+                break
+            max_queued = max(max_queued, proc.metrics()["triage_queue_records"])
+            time.sleep(min(1.0, max(0.0, OUTAGE_S - (time.monotonic() - down_at))))
+        back = restart_sink(launcher, sink)
+        back_at = time.monotonic()
+        delivered.add(back.out)
+        wait_for(lambda: any(e["answer"] == "ok" for e in back.entries()), 45, "a delivery after the backend came back")
+        first_delivery_s = time.monotonic() - back_at
+        time.sleep(2)  # the load goes on through the recovery
     finally:
         load.stop()
-    counts = assert_all_arrive(sink, load.acknowledged, timeout=60)
+    catch_up_s = check_delivery(load, delivered, timeout=60)
     metrics = proc.metrics()
-    duplicates = sum(n - 1 for i, n in counts.items() if n > 1)
-    print(
-        f"\noutage {time.monotonic() - outage_started:.0f}s: sent {load.sent}, acknowledged {len(load.acknowledged)}, "
-        f"refused {load.refused}, queued at the end of the outage {queued:.0f}, delivered {len(counts)} "
-        f"(+{duplicates} duplicates), retries {metrics['triage_export_retries_total']:.0f}"
+    report(
+        tmp_path,
+        f"1 backend down {OUTAGE_S:.0f}s, {queue} queue, {backend} backend",
+        **load_figures(load, delivered),
+        max_queued_records=int(max_queued),
+        first_delivery_after_back_s=first_delivery_s,
+        all_acknowledged_delivered_after_load_s=catch_up_s,
+        **exporter_figures(metrics),
     )
-    assert queued > 0  # the outage was real: records waited in the queue
+    assert not load.stats.rejected, "the processor refused requests permanently"
+    assert max_queued > 0, "the outage was not real: nothing waited in the queue"
     assert metrics["triage_export_retries_total"] > 0
-    assert metrics.get('triage_records_dropped_total{reason="permanent_error"}', 0) == 0
+    assert dropped(metrics) == 0
+    if first_delivery_s > RECOVERY_BOUND_S:
+        raise SlowRecovery(
+            f"first delivery {first_delivery_s:.1f}s after the backend came back; bound {RECOVERY_BOUND_S:.1f}s"
+        )
 
 
-def test_kill_9_mid_load_with_persistent_queue(sink_factory, processor, tmp_path: Path) -> None:
-    """SIGKILL while requests are flowing (backend slowed by failures): a restart delivers every acknowledged record."""
-    sink = sink_factory(fail_first=30)  # the first exports fail, so the queue holds data when the kill comes
-    queue_dir = tmp_path / "queue"
-    settings = {"TRIAGE_QUEUE_DIR": str(queue_dir), "TRIAGE_RETRY_MAX_INTERVAL": "0.5"}
-    first = processor(sink=sink, **settings)
-    load = Load(first, records_per_request=50, body_bytes=200, pause_s=0.02).start()
+# --- 2. kill -9 of the processor mid-load ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fsync", ["always", "never"])
+def test_kill_9_mid_load_with_persistent_queue(fsync, sink_factory, processor, tmp_path):
+    """SIGKILL while gRPC requests are in flight and a struggling backend leaves a backlog on disk; a new
+    process on the same directory and ports replays it: every acknowledged record arrives (both fsync
+    policies survive a killed process, README "Nothing lost")."""
+    sink = sink_factory()
+    # A struggling backend (refusing half the time; a 0.7 s cycle, out of step with the exporter's 0.5 s
+    # retries): a backlog on disk and deliveries in flight at the kill.
+    throttle = Throttle(sink.control, down_s=0.35, up_s=0.35).start()
+    env = {"TRIAGE_QUEUE_DIR": str(tmp_path / "queue"), "TRIAGE_QUEUE_FSYNC": fsync, "TRIAGE_RETRY_MAX_INTERVAL": "0.5"}
+    first = processor(sink=sink, **env)
+    delivered = Delivered(sink.out)
+    load = LoadGenerator(first.grpc_endpoint, first.http_url, senders=(GRPC,) * 4, max_attempts=30).start()
     try:
-        wait_for(lambda: len(load.acknowledged) >= 3000, 30, "load before the kill")
-        queued = first.metrics()["triage_queue_records"]
+        wait_for(lambda: load.acknowledged_count() >= 20_000, 30, "load before the kill")
+        before_kill = wait_for(
+            lambda: (m := first.metrics()).get("triage_records_forwarded_total", 0) >= 1_000 and m,
+            30,
+            "deliveries before the kill",
+        )
+        refused_before_kill = load.summary()["refused_answers"]
         first.proc.send_signal(signal.SIGKILL)
         first.expected_exit = -signal.SIGKILL
         assert first.wait(5) == -signal.SIGKILL
+        killed_at = time.monotonic()
+        acknowledged_at_kill = load.acknowledged_count()
+        throttle.stop()
+        time.sleep(1)  # the processor stays down a moment: the senders' retries are refused
+        second = restart_processor(processor, first, sink, **env)
+        restarted_s = time.monotonic() - killed_at
+        wait_for(lambda: load.acknowledged_count() >= acknowledged_at_kill + 5_000, 20, "load on the new process")
     finally:
+        throttle.stop()
         load.stop()
-    second = processor(sink=sink, **settings)
-    counts = assert_all_arrive(sink, load.acknowledged, timeout=60)
+    replayed = re.search(r"replaying (\d+) requests \((\d+) records\)", second.stderr())
+    catch_up_s = check_delivery(load, delivered, timeout=60)
     wait_for(lambda: second.metrics()["triage_queue_batches"] == 0, 20, "the replayed queue to drain")
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
-    print(
-        f"\nkill -9 mid-load: acknowledged {len(load.acknowledged)}, in the queue at the kill {queued:.0f}, "
-        f"delivered {len(counts)} (+{duplicates} duplicates)"
+    report(
+        tmp_path,
+        f"2 kill -9 mid-load, persistent queue fsync={fsync}, gRPC load",
+        **load_figures(load, delivered),
+        acknowledged_at_kill=acknowledged_at_kill,
+        refused_from_the_kill=load.summary()["refused_answers"] - refused_before_kill,
+        forwarded_before_kill=int(before_kill["triage_records_forwarded_total"]),
+        queued_just_before_kill=int(before_kill["triage_queue_records"]),
+        export_retries_before_kill=int(before_kill["triage_export_retries_total"]),
+        replayed_records=int(replayed.group(2)) if replayed else 0,
+        restart_s=restarted_s,
+        all_acknowledged_delivered_after_load_s=catch_up_s,
+        **{f"restarted_{k}": v for k, v in exporter_figures(second.metrics()).items()},
     )
+    assert not load.stats.rejected
+    assert replayed is not None, "the second process replayed nothing: the kill did not catch a backlog"
+    assert dropped(second.metrics()) == 0
 
 
-def test_overload_60s_backpressure_and_bounded_memory(sink_factory, processor) -> None:
-    """A minute of more load than the backend takes: clients get 503 / UNAVAILABLE, RSS stays bounded,
-    and everything acknowledged arrives once the backend catches up.
+# --- 3. 503 / UNAVAILABLE, then 400 for some requests ------------------------------------------------------
 
-    Bound: RSS <= baseline (after start) + TRIAGE_MEMORY_LIMIT_MIB (queued data) + 64 MiB for requests
-    being received and decoded and allocator slack; the limit bounds queued data, not the interpreter.
-    """
-    limit_mib = 32
-    sink = sink_factory(failing=True)  # the backend takes nothing for the first minute
-    proc = processor(sink=sink, TRIAGE_MEMORY_LIMIT_MIB=str(limit_mib), TRIAGE_RETRY_MAX_INTERVAL="1")
-    baseline = rss_mib(proc.pid)
-    load = Load(proc, records_per_request=100, body_bytes=1000, pause_s=0.0).start(("http", "http", "grpc", "grpc"))
-    peak = baseline
+
+@pytest.mark.parametrize("backend", ["grpc", "http/protobuf"])
+def test_retryable_then_permanent_backend_errors_under_load(backend, sink_factory, processor, tmp_path):
+    """Under 4,000 records/s the backend answers the first 20 exports and a 1.5 s burst mid-load with
+    503 / UNAVAILABLE, and every request carrying a ``sink.reject`` record (one in ten) with 400 /
+    INVALID_ARGUMENT: the retryable ones all arrive, each permanent one is refused once, counted and
+    logged with the backend's reason, and the exporter goes on (nothing wedges)."""
+    sink = sink_factory(fail_first=20)
+    proc = processor(sink=sink, protocol=backend, TRIAGE_RETRY_MAX_INTERVAL="0.5")
+    delivered = Delivered(sink.out)
+    load = LoadGenerator(proc.grpc_endpoint, proc.http_url, requests_per_s=40, poison_every=10).start()
     try:
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            peak = max(peak, rss_mib(proc.pid))
-            time.sleep(0.5)
-        metrics = proc.metrics()
+        wait_for(lambda: load.acknowledged_count() >= 6_000, 15, "traffic before the burst")
+        before_burst = len(sink.entries())
+        sink.control.touch()
+        time.sleep(1.5)
         sink.recover()
-        time.sleep(2)
+        wait_for(lambda: load.acknowledged_count() >= 16_000, 15, "traffic after the burst")
     finally:
         load.stop()
-    counts = assert_all_arrive(sink, load.acknowledged, timeout=60)
-    overloaded = sum(v for k, v in metrics.items() if k.startswith("triage_requests_rejected_total") and "overloaded" in k)
-    bound = baseline + limit_mib + 64
-    print(
-        f"\noverload 60s: sent {load.sent}, acknowledged {len(load.acknowledged)}, refused {load.refused} "
-        f"({overloaded:.0f} requests answered 503/UNAVAILABLE); RSS baseline {baseline:.0f} MiB, "
-        f"peak {peak:.0f} MiB, bound {bound:.0f} MiB; delivered {len(counts)}"
+
+    def settled() -> dict[str, float] | None:
+        m = proc.metrics()
+        done = m.get("triage_records_forwarded_total", 0) + dropped(m)
+        received = sum(v for k, v in m.items() if k.startswith("triage_records_received_total{"))
+        return m if done == received and m["triage_queue_batches"] == 0 else None
+
+    metrics = wait_for(settled, 20, "every record delivered or dropped, and an empty queue")
+    catch_up_s = check_delivery(load, delivered, timeout=10)
+    poisoned = load.acknowledged_ids(poisoned=True)
+    poisoned_requests = len(poisoned) // load.records_per_request
+    answers = sink_answers(sink)
+    refusals_logged = re.findall(r"backend refused (\d+) records permanently, not retrying: (.*)", proc.stderr())
+    report(
+        tmp_path,
+        f"3 503 then 400 under load, {backend} backend",
+        **load_figures(load, delivered),
+        poisoned_requests_acknowledged=poisoned_requests,
+        sink_unavailable_answers=answers.get("unavailable", 0),
+        sink_invalid_answers=answers.get("invalid", 0),
+        refusals_logged=len(refusals_logged),
+        all_acknowledged_delivered_after_load_s=catch_up_s,
+        **exporter_figures(metrics),
     )
-    assert overloaded > 0 and load.refused > 0
-    assert peak <= bound
+    assert not load.stats.rejected and not load.stats.abandoned
+    assert poisoned_requests > 0 and answers.get("unavailable", 0) > 20  # the first 20 and the burst
+    assert any(e["answer"] == "unavailable" for e in sink.entries()[before_burst:]), "no 503 in the burst"
+    assert not poisoned & delivered.counts.keys(), "a request the backend refused permanently arrived"
+    # Each retryable answer was retried, each permanent one given up at once and counted, record by record.
+    assert metrics["triage_export_retries_total"] == answers["unavailable"]
+    assert metrics['triage_export_requests_total{outcome="permanent_failure"}'] == answers.get("invalid", 0)
+    if load.summary()["retried_requests"] == 0:  # no client retry could have queued a request twice
+        assert answers.get("invalid", 0) == poisoned_requests
+        assert metrics['triage_records_dropped_total{reason="permanent_error"}'] == len(poisoned)
+    assert len(refusals_logged) == answers.get("invalid", 0)
+    assert all(n == str(load.records_per_request) and "sink.reject" in why for n, why in refusals_logged)
+    # Not wedged: a new request is acknowledged and delivered at once.
+    after = LoadGenerator(proc.grpc_endpoint, proc.http_url, senders=(HTTP,), requests_per_s=10).start()
+    wait_for(lambda: after.acknowledged_count() >= 100, 5, "a request after the errors")
+    after.stop()
+    Delivered(sink.out).wait_all(after.acknowledged_ids(), 5)
+
+
+# --- 4. load above capacity for 60 s -----------------------------------------------------------------------
+
+
+def test_overload_60s_backpressure_bounded_rss_nothing_lost(sink_factory, processor, tmp_path):
+    """Eight senders as fast as they are answered, against a backend that takes data only one second in
+    four, for 60 s: clients get 503 / UNAVAILABLE, RSS stays bounded, and once the backend keeps up
+    every acknowledged record arrives.
+
+    Bound: peak VmRSS (sampled every 0.5 s, and the kernel's VmHWM) <= baseline VmRSS measured after
+    start-up + TRIAGE_MEMORY_LIMIT_MIB (32, the queued data) + RSS_ALLOWANCE_MIB (32, requests being
+    received and decoded, buffers, allocator slack).
+    """
+    sink = sink_factory()
+    proc = processor(sink=sink, TRIAGE_MEMORY_LIMIT_MIB=str(MEMORY_LIMIT_MIB), TRIAGE_RETRY_MAX_INTERVAL="0.5")
+    rss = RssSampler(proc.pid, interval_s=0.5)
+    time.sleep(0.5)  # settle after /readyz
+    baseline = rss.field_mib("VmRSS")
+    bound = baseline + MEMORY_LIMIT_MIB + RSS_ALLOWANCE_MIB
+    delivered = Delivered(sink.out)
+    throttle = Throttle(sink.control, down_s=3, up_s=1)
+    load = LoadGenerator(
+        proc.grpc_endpoint, proc.http_url, senders=(GRPC,) * 4 + (HTTP,) * 4, body_bytes=1000, max_attempts=10
+    )
+    rss.start()
+    throttle.start()
+    load.start()
+    try:
+        end = time.monotonic() + OVERLOAD_S
+        for _ in range(int(OVERLOAD_S)):  # read the sink as it goes, so the final check has little left
+            time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+            if time.monotonic() >= end:
+                break
+            delivered.refresh()
+        during = proc.metrics()
+        throttle.stop()  # the backend keeps up again
+        time.sleep(1)
+    finally:
+        throttle.stop()
+        load.stop()
+        rss.stop()
+    catch_up_s = check_delivery(load, delivered, timeout=60)
+    hwm = rss.field_mib("VmHWM")
+    answers = load.answers()
+    backpressure = sum(n for label, n in answers.items() if label in ("http 503", "grpc UNAVAILABLE"))
+    report(
+        tmp_path,
+        f"4 overload {OVERLOAD_S:.0f}s, TRIAGE_MEMORY_LIMIT_MIB={MEMORY_LIMIT_MIB}",
+        **load_figures(load, delivered),
+        attempts=load.summary()["attempts"],
+        backpressure_answers=backpressure,
+        forwarded_during_overload=int(during.get("triage_records_forwarded_total", 0)),
+        rss_baseline_mib=baseline,
+        rss_peak_sampled_mib=rss.peak,
+        rss_vmhwm_mib=hwm,
+        rss_bound_mib=bound,
+        rss_samples=len(rss.samples),
+        all_acknowledged_delivered_after_load_s=catch_up_s,
+        **exporter_figures(during),
+    )
+    assert not load.stats.rejected
+    assert backpressure > 0 and load.stats.answers["http 503"] > 0 and load.stats.answers["grpc UNAVAILABLE"] > 0
+    assert sum(v for k, v in during.items() if "overloaded" in k and k.startswith("triage_requests_rejected_total")) > 0
+    assert len(rss.samples) >= OVERLOAD_S / 0.5 * 0.9
+    assert rss.peak <= bound, f"peak RSS {rss.peak:.0f} MiB over the bound {bound:.0f} MiB"
+    assert hwm <= bound, f"VmHWM {hwm:.0f} MiB over the bound {bound:.0f} MiB"
+    assert dropped(proc.metrics()) == 0
+
+
+# --- 5. SIGTERM during load --------------------------------------------------------------------------------
+
+
+def test_sigterm_during_load_exits_in_time_and_loses_nothing(sink_factory, processor, tmp_path):
+    """SIGTERM while four senders keep 10,000 records/s coming and a backlog (built while the backend was
+    down) is still queued: exit 0 within TRIAGE_SHUTDOWN_TIMEOUT (10 s) + the receivers' grace + 2 s,
+    later requests are refused (retryable) or find the port closed, and every acknowledged record arrives."""
+    sink = sink_factory(failing=True)
+    proc = processor(
+        sink=sink, TRIAGE_SHUTDOWN_TIMEOUT=str(SHUTDOWN_TIMEOUT_S), TRIAGE_RETRY_MAX_INTERVAL="0.5"
+    )
+    proc.expected_exit = None  # checked here
+    delivered = Delivered(sink.out)
+    load = LoadGenerator(proc.grpc_endpoint, proc.http_url, requests_per_s=100, max_attempts=5).start()
+    try:
+        wait_for(lambda: load.acknowledged_count() >= 40_000, 20, "a backlog behind the down backend")
+        before_sigterm = proc.metrics()
+        sink.recover()
+        before = load.summary()
+        signalled = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.wait(SHUTDOWN_TIMEOUT_S + RECEIVER_GRACE_S + EXIT_MARGIN_S + 10)  # fails (kills) if hung
+        exit_s = time.monotonic() - signalled
+    finally:
+        load.stop(finish_s=1)  # nothing left to retry against: in-flight requests are abandoned
+    after = load.summary()
+    catch_up_s = check_delivery(load, delivered, timeout=5)
+    report(
+        tmp_path,
+        f"5 SIGTERM during load, TRIAGE_SHUTDOWN_TIMEOUT={SHUTDOWN_TIMEOUT_S}",
+        **load_figures(load, delivered),
+        queued_at_sigterm=int(before_sigterm["triage_queue_records"]),
+        acknowledged_after_sigterm=after["acknowledged"] - before["acknowledged"],
+        refused_after_sigterm=after["refused_answers"] - before["refused_answers"],
+        exit_code=code,
+        exit_s=exit_s,
+        exit_bound_s=SHUTDOWN_TIMEOUT_S + RECEIVER_GRACE_S + EXIT_MARGIN_S,
+        all_acknowledged_delivered_after_exit_s=catch_up_s,
+        **exporter_figures(before_sigterm),
+    )
+    assert code == 0, proc.stderr()[-3000:]
+    assert exit_s <= SHUTDOWN_TIMEOUT_S + RECEIVER_GRACE_S + EXIT_MARGIN_S
+    assert after["refused_answers"] > before["refused_answers"], "SIGTERM came after the load, not during it"
+    assert "drained; exiting" in proc.stderr()
