@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -178,6 +178,7 @@ class ExporterConfig:
     headers: tuple[tuple[str, str], ...] = ()
     compression: str = "none"  # "gzip" | "none"
     timeout_s: float = 10.0
+    reconnect_max_s: float = 30.0  # grpc: longest wait between connection attempts (TRIAGE_RETRY_MAX_INTERVAL)
     certificate_file: str = ""
     client_certificate_file: str = ""
     client_key_file: str = ""
@@ -264,6 +265,7 @@ class Config:
             log_level=reader.get("TRIAGE_LOG_LEVEL", _one_of("debug", "info", "warning", "error")),
             exporter=_exporter_config(reader),
         )
+        config = replace(config, exporter=replace(config.exporter, reconnect_max_s=config.retry_max_interval_s))
         if config.max_decompressed_bytes < config.max_request_bytes:
             reader.problems.append(
                 "TRIAGE_MAX_DECOMPRESSED_BYTES must be at least TRIAGE_MAX_REQUEST_BYTES "

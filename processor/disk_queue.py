@@ -138,9 +138,13 @@ class DiskQueue(QueueAccounting):
         while not self._index:
             self._wakeup.clear()
             await self._wakeup.wait()
-        row_id, records, size = self._index.popleft()
-        payload = await asyncio.to_thread(self._read, row_id)
-        return Batch(payload, records, row_id)
+        entry = self._index.popleft()
+        try:
+            payload = await asyncio.to_thread(self._read, entry[0])
+        except BaseException:
+            self._index.appendleft(entry)  # not lost: the next get() tries it again
+            raise
+        return Batch(payload, entry[1], entry[0])
 
     def _read(self, row_id: int) -> bytes:
         # Export workers read concurrently from worker threads; one sqlite3 connection must not be

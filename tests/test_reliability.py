@@ -20,7 +20,7 @@ the fault, and the figures. Each test prints them (run with ``-s``) and writes t
 
 Two small in-process tests beside scenario 2 pin down what it found: the persistent queue's concurrent
 reads (fixed in b41c97c; the test reproduces the old failure every time) and an export worker that dies
-on a failing queue read (still open: strict xfail).
+on a failing queue read (fixed: the worker logs, waits and tries again; the batch is not lost).
 """
 
 from __future__ import annotations
@@ -227,20 +227,6 @@ RETRY_MAX_INTERVAL_S = 2.0  # scenario 1: TRIAGE_RETRY_MAX_INTERVAL
 # re-established and one for the exporter's next retry, + 1 s.
 RECOVERY_BOUND_S = 2 * RETRY_MAX_INTERVAL_S * 1.2 + 1.0
 
-GRPC_RECONNECT_BACKOFF = pytest.mark.xfail(
-    raises=SlowRecovery,
-    strict=True,
-    reason=(
-        "processor/export/transports.py:103-105 GrpcTransport creates its grpc.aio channel without "
-        "grpc.initial/max_reconnect_backoff_ms, so gRPC's own connection backoff applies (1 s x1.6 up to "
-        "120 s, gRPC doc/connection-backoff.md): while the channel waits for its next reconnect, every "
-        "export fails fast with UNAVAILABLE, and after a 30 s outage delivery resumes 10-17 s after the "
-        "backend is back (up to 120 s after a long outage) instead of within TRIAGE_RETRY_MAX_INTERVAL. "
-        "Fix: pass ('grpc.max_reconnect_backoff_ms', TRIAGE_RETRY_MAX_INTERVAL in ms) (and a small initial "
-        "backoff) in the channel options; verified: after a 10 s outage, delivery resumed 1.0 s after the "
-        "backend's return instead of 7.5 s"
-    ),
-)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +235,7 @@ GRPC_RECONNECT_BACKOFF = pytest.mark.xfail(
         # The default queue; the HTTP exporter sees connection refused, then connects at its next retry.
         pytest.param("memory", "http/protobuf", id="memory-queue-http-backend"),
         # TRIAGE_QUEUE_DIR; the gRPC exporter's channel must reconnect.
-        pytest.param("persistent", "grpc", id="persistent-queue-grpc-backend", marks=GRPC_RECONNECT_BACKOFF),
+        pytest.param("persistent", "grpc", id="persistent-queue-grpc-backend"),
     ],
 )
 def test_backend_down_30s_under_steady_load(queue, backend, launcher, sink_factory, processor, tmp_path):
@@ -436,18 +422,6 @@ class FailingOnceQueue(BoundedQueue):
         return await super().get()
 
 
-@pytest.mark.xfail(
-    raises=StrandedBatch,
-    strict=True,
-    reason=(
-        "processor/export/sender.py:38-40: Exporter._work awaits self.queue.get() outside any try, so one "
-        "failing get() (DiskQueue._read: sqlite3 error, or the pre-b41c97c race) ends that worker task for "
-        "the life of the process: with TRIAGE_EXPORT_CONCURRENCY failures nothing is exported again and the "
-        "receivers answer 503 until a restart; the task's exception is never logged (Exporter.stop gathers "
-        "with return_exceptions). Fix: catch and log the exception around get() and retry after a backoff "
-        "(and in DiskQueue.get re-queue the index entry when _read fails, disk_queue.py:139-141)."
-    ),
-)
 def test_export_worker_survives_a_failing_queue_read():
     """One failing queue read must not stop exporting: with one worker, three batches queued behind a get()
     that fails once are all delivered."""

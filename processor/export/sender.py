@@ -36,8 +36,16 @@ class Exporter:
         self._workers = [asyncio.create_task(self._work(), name=f"exporter-{i}") for i in range(self.concurrency)]
 
     async def _work(self) -> None:
+        failures = 0
         while True:
-            batch = await self.queue.get()
+            try:
+                batch = await self.queue.get()
+            except Exception:  # e.g. a disk read error: keep the worker, try again after a pause
+                failures += 1
+                log.exception("reading the next batch from the queue failed; retrying")
+                await asyncio.sleep(self.backoff(min(failures, 10), None))
+                continue
+            failures = 0
             self._in_flight[id(batch)] = batch
             try:
                 await self.deliver(batch)

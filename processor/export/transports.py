@@ -100,7 +100,15 @@ class GrpcTransport:
         self.config = config
         self.description = f"grpc {'(insecure) ' if config.insecure else ''}{config.endpoint}"
         compression = grpc.Compression.Gzip if config.compression == "gzip" else grpc.Compression.NoCompression
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        options = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # gRPC's own reconnect backoff grows to 120 s; meanwhile every export fails at once. Cap it
+            # at the retry interval so delivery resumes as soon as the backend is back.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", int(config.reconnect_max_s * 1000)),
+        ]
         if config.insecure:
             self.channel = grpc.aio.insecure_channel(config.endpoint, options=options, compression=compression)
         else:
