@@ -21,7 +21,6 @@ from . import otlp_json
 from .metrics import Metrics
 from .pipeline import Pipeline, Stats
 from .queue import Batch, BoundedQueue
-from .redact import Redactor
 from .status import INVALID, OVERLOADED, SHUTTING_DOWN, TOO_LARGE, UNSUPPORTED, Rejected
 
 log = logging.getLogger(__name__)
@@ -70,34 +69,32 @@ class Limits:
     max_attributes: int = 256
     max_record_bytes: int = 1024 * 1024
 
-    def enforce(self, request: ExportLogsServiceRequest, size: int) -> tuple[int, str]:
-        """Refuse a request with too many records; remove over-limit records (-> partial success).
+    def check(self, records: list[bytes], record_at) -> tuple[set[int], int, str]:
+        """Refuse a request with too many records; name the over-limit records (-> partial success).
 
-        Records are rejected whole, never truncated: a truncated record would be silently wrong.
+        ``records`` are the request's serialized records, ``record_at(i)`` the i-th decoded. Records
+        are rejected whole, never truncated: a truncated record would be silently wrong.
         """
-        total = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
-        if total > self.max_records:
-            raise Rejected(INVALID, f"{total} log records in one request; the limit is {self.max_records}")
-        check_size = size > self.max_record_bytes  # no record can be larger than the whole request
-        rejected = 0
+        if len(records) > self.max_records:
+            raise Rejected(INVALID, f"{len(records)} log records in one request; the limit is {self.max_records}")
+        # Every attribute takes at least 2 bytes: only a record this large can break either limit.
+        threshold = min(self.max_record_bytes, 2 * self.max_attributes)
+        if not records or max(map(len, records)) <= threshold:
+            return set(), 0, ""
+        rejected = set()
         reasons = set()
-        for resource_logs in request.resource_logs:
-            for scope_logs in resource_logs.scope_logs:
-                records = scope_logs.log_records
-                bad = []
-                for i, record in enumerate(records):
-                    if len(record.attributes) > self.max_attributes:
-                        bad.append(i)
-                        reasons.add(f"more than {self.max_attributes} attributes")
-                    elif check_size and record.ByteSize() > self.max_record_bytes:
-                        bad.append(i)
-                        reasons.add(f"larger than {self.max_record_bytes} bytes")
-                for i in reversed(bad):
-                    del records[i]
-                rejected += len(bad)
+        for i, wire in enumerate(records):
+            if len(wire) <= threshold:
+                continue
+            if len(wire) > 2 * self.max_attributes and len(record_at(i).attributes) > self.max_attributes:
+                rejected.add(i)
+                reasons.add(f"more than {self.max_attributes} attributes")
+            elif len(wire) > self.max_record_bytes:
+                rejected.add(i)
+                reasons.add(f"larger than {self.max_record_bytes} bytes")
         if not rejected:
-            return 0, ""
-        return rejected, f"{rejected} log records rejected: " + " or ".join(sorted(reasons))
+            return rejected, 0, ""
+        return rejected, len(rejected), f"{len(rejected)} log records rejected: " + " or ".join(sorted(reasons))
 
 
 class Intake:
@@ -108,10 +105,9 @@ class Intake:
         metrics: Metrics,
         memory_limit: int,
         limits: Limits | None = None,
-        redactor: Redactor | None = None,
     ):
         self.pipeline = pipeline
-        self.redactor = redactor or Redactor((), ())
+        self.redactor = pipeline.redactor  # for held records, redacted when released
         self.queue = queue
         self.metrics = metrics
         self.memory_limit = memory_limit
@@ -124,23 +120,21 @@ class Intake:
         Raises Rejected with the reason. With the persistent queue, "safely" means on disk.
         """
         self.admit(len(payload))
-        request = self.decode(payload, encoding)
-        rejected, why = self.limits.enforce(request, len(payload))
-        # The byte prefilters need the protobuf wire form: in JSON a key or a secret can be written
-        # with escapes (user_agent\u002eoriginal) that no byte search would find.
-        wire = payload if encoding == PROTOBUF and not rejected else request.SerializeToString()
+        request = self.decode(payload, encoding)  # also what validates the body
+        # The pipeline works on the protobuf wire form: in JSON a key or a secret can be written with
+        # escapes (user_agent\u002eoriginal) that no byte search would find.
+        wire = payload if encoding == PROTOBUF else request.SerializeToString()
         now = time.monotonic()
-        stats = self.pipeline.process(request, now, wire)
-        if rejected:
-            stats.rejected, stats.rejected_message = rejected, why
-            self.metrics.records_rejected.labels("limits").inc(rejected)
-        if self.redactor.needed(wire):  # after classification, which may need what goes
-            self._redact(request)
+        forward, stats = self.pipeline.process_wire(wire, now, request, self.limits)
+        if stats.rejected:
+            self.metrics.records_rejected.labels("limits").inc(stats.rejected)
+        for rule, count in stats.redactions.items():
+            self.metrics.redactions.labels(rule).inc(count)
         self.metrics.received(transport, stats.records + stats.held)
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier
         if stats.records:
-            await self._put(Batch(request.SerializeToString(), stats.records))
+            await self._put(Batch(forward, stats.records))
         if released is not None:
             await self._put(released)
         return stats

@@ -16,17 +16,24 @@ How a record's source is decided:
 
 from __future__ import annotations
 
-import re
+from bisect import bisect_right
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
+from operator import add, attrgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .classify import UNKNOWN, Classifier, Verdict
 from .classify.verdict import CERTAIN, SOURCE, SYNTHETIC_TYPE, string_attribute
 from .correlation import Held, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
+from .redact import Redactor
+from .evidence import EvidenceReader
+from .wire import RequestView
 
 ORIGINAL_SEVERITY_NUMBER = "triage.original_severity_number"
 ORIGINAL_SEVERITY_TEXT = "triage.original_severity_text"
@@ -35,6 +42,12 @@ WOULD_DOWNGRADE = "triage.would_downgrade"
 DEBUG_SEVERITY_NUMBER = 5  # semantic conventions: exceptions that are not an actual issue SHOULD be DEBUG (5)
 
 # Records that set only severity_text (severity_number 0) still count as warnings and errors.
+_RESOURCE_CACHE_SIZE = 1024
+_TRACE_ID = attrgetter("trace_id")
+_SEVERITY = attrgetter("severity_number")
+_WIRE_TYPED = attrgetter("wire_typed")
+_NOTHING = (None, False)  # a record without evidence of its own: (verdict, has synthetic type)  # distinct resources (service, pod, ...) whose verdict is remembered
+
 _TEXT_SEVERITY = {"WARN": 13, "WARNING": 13, "ERROR": 17, "CRITICAL": 21, "FATAL": 21, "SEVERE": 17}
 
 
@@ -49,6 +62,7 @@ class Stats:
     by_source: dict[str, int] = field(default_factory=dict)
     downgraded: dict[str, int] = field(default_factory=dict)  # rule -> records
     would_downgrade: dict[str, int] = field(default_factory=dict)  # shadow mode: rule -> records
+    redactions: dict[str, int] = field(default_factory=dict)  # redaction rule -> values replaced
 
 
 def effective_severity(record) -> int:
@@ -68,6 +82,7 @@ class Pipeline:
         downgrade_confidence: str = CERTAIN,
         memory: TraceMemory | None = None,
         window_s: float = 0.0,
+        redactor: Redactor | None = None,
     ):
         self.classifier = classifier
         self.rules = rules
@@ -79,79 +94,223 @@ class Pipeline:
         self.window_s = window_s if memory is not None and downgrade_sources else 0.0
         self.holding = Holding()
         self._ready: list[Held] = []  # released by new evidence, waiting for release_ready()
-        # Every attribute key the record scan reacts to, as bytes: absent from a payload, no scan is needed.
-        keys = sorted(set(classifier.evidence_keys) | {SYNTHETIC_TYPE, SOURCE}, key=len, reverse=True)
-        self._keys_pattern = re.compile(b"|".join(re.escape(k.encode()) for k in keys))
+        self.redactor = redactor if redactor is not None else Redactor((), ())
+        self.evidence = EvidenceReader(classifier, self.redactor, classifier.ua_cache_size)
+        self._resource_verdicts: dict[bytes, Verdict | None] = {}
         self._rule_attributes = {r.name: string_attribute(RULE, r.name) for r in rules.rules}
         self._would_attributes = {r.name: string_attribute(WOULD_DOWNGRADE, r.name) for r in rules.rules}
+        self._would_wire = {
+            name: LogRecord(attributes=[kv]).SerializeToString() for name, kv in self._would_attributes.items()
+        }
 
     # --- per request -------------------------------------------------------------------------------------
 
     def process(self, request: ExportLogsServiceRequest, now: float = 0.0, payload: bytes | None = None) -> Stats:
-        """Classify, enrich and downgrade ``request`` in place; records to hold are moved out of it.
+        """``process_wire`` on a decoded request, in place: held records are moved out of it."""
+        wire = request.SerializeToString() if payload is None else payload
+        out, stats = self.process_wire(wire, now, request)
+        request.Clear()
+        request.ParseFromString(out)
+        return stats
 
-        ``payload``, the request's serialized form, lets records skip the attribute scan when none of
-        the keys it looks for occurs anywhere in the request (one search in C instead of a Python
-        loop over every attribute).
+    def process_wire(
+        self, payload: bytes, now: float, request: ExportLogsServiceRequest, limits=None
+    ) -> tuple[bytes, Stats]:
+        """Classify, enrich, downgrade (and redact) the records of ``payload``; returns what to forward.
+
+        ``request`` is ``payload`` decoded (which validated it). Records are read from it, but
+        written from their serialized bytes (``wire.RequestView``): a record that needs only its
+        enrichment gets the prepared bytes appended, and nothing else is re-encoded. Only records
+        the scanner flags (evidence keys, health paths, secrets) have their attributes read.
+        ``limits`` (``Limits.check``) rejects records, which are then left out (partial success).
         """
         stats = Stats()
-        classifier = self.classifier
-        scan = payload is None or self._keys_pattern.search(payload) is not None
-        evidence_keys = classifier.evidence_keys
-        min_rule_severity = self.rules.min_severity_number
+        view = RequestView.FromString(payload)
+        # (ResourceLogs, its view, ScopeLogs, its view, record bytes); records in request order.
+        groups = []
+        records: list[bytes] = []  # every record's bytes, in order: a record's index is its place here
+        messages: list[LogRecord] = []  # the same records, decoded
+        evident = []  # indices of records whose resource gives a verdict: every one decides its trace
+        resource_verdicts = {}
+        for resource_logs, resource_view in zip(request.resource_logs, view.resource_logs):
+            resource_verdict = self._resource_verdict(b"".join(resource_view.resource), resource_logs)
+            for scope_logs, scope_view in zip(resource_logs.scope_logs, resource_view.scope_logs):
+                serialized = list(scope_view.log_records)
+                if resource_verdict is not None:
+                    first = len(records)
+                    evident.extend(range(first, first + len(serialized)))
+                    resource_verdicts[id(scope_view)] = resource_verdict
+                groups.append((resource_logs, resource_view, scope_logs, scope_view, serialized))
+                records.extend(serialized)
+                messages.extend(scope_logs.log_records)
+        rejected: set[int] = set()
+        if limits is not None:
+            rejected, stats.rejected, stats.rejected_message = limits.check(records, messages.__getitem__)
+        scan = self.evidence.scan(records)
+        secrets = scan.secrets
         memory = self.memory if self.memory is not None else TraceMemory(ttl_s=1.0, max_traces=1 << 30)
-        undecided: list[tuple] = []  # (record, index, has synthetic type, rule, resource_logs, scope_logs)
+        memory.expire(now)  # so that every trace left in it is alive now
 
-        for resource_logs in request.resource_logs:
-            resource_verdict = classifier.attributes(resource_logs.resource.attributes)
-            for scope_logs in resource_logs.scope_logs:
-                for index, record in enumerate(scope_logs.log_records):
-                    verdict = None
-                    has_synthetic_type = False
-                    already = None
-                    for kv in record.attributes if scan else ():
-                        key = kv.key
-                        if key in evidence_keys:
-                            found = classifier.evidence(key, kv.value)
-                            if found is not None and (verdict is None or found.rank < verdict.rank):
-                                verdict = found
-                        elif key == SYNTHETIC_TYPE:
-                            has_synthetic_type = True
-                        elif key == SOURCE:
-                            already = kv.value.string_value
+        # 1. Records with evidence of their own (or their resource's) decide their trace first, in
+        #    request order, so that any record of the trace, earlier or later, can inherit it.
+        own: dict[int, tuple[Verdict | None, bool]] = {}  # index -> (verdict or None, has synthetic type)
+        upstream: dict[int, str] = {}  # index -> triage.source a processor upstream set
+        look = sorted(scan.flagged.union(evident)) if evident else sorted(scan.flagged)
+        read = self.evidence.read
+        holding = self.holding
+        for index in look:
+            if index in rejected:
+                continue
+            record = messages[index]
+            verdict, has_synthetic_type = None, False
+            if index in scan.flagged:
+                found = read(scan, index)
+                if found is None:  # triaged upstream: the decoded record says as what
+                    verdict, has_synthetic_type, already = self._inspect(record)
                     if already is not None:
-                        # Triaged upstream (a second processor in the path): pass on untouched.
-                        _count(stats.by_source, already)
-                        stats.records += 1
+                        upstream[index] = already
                         continue
-                    if verdict is None:
-                        verdict = resource_verdict
-                    rule = None
-                    severity = effective_severity(record)
-                    if severity >= min_rule_severity:
-                        rule = self.rules.match(record, severity)
-                    if verdict is None:
-                        undecided.append((record, index, has_synthetic_type, rule, resource_logs, scope_logs))
-                        continue
-                    if record.trace_id:
-                        self._learn(memory, record.trace_id, verdict, now)
-                    self._decide(record, verdict, has_synthetic_type, rule, stats)
+                else:
+                    verdict, has_synthetic_type = found
+            if verdict is None and evident:
+                verdict = self._resource_verdict_of(index, groups, resource_verdicts)
+            own[index] = (verdict, has_synthetic_type)
+            if verdict is not None:
+                trace_id = record.trace_id
+                if trace_id:
+                    memory.learn(trace_id, verdict, now)
+                    if holding.count and holding.waiting_for(trace_id):
+                        self._ready.extend(holding.take_trace(trace_id))
 
-        held_from: dict[int, tuple] = {}  # id(scope_logs) -> (resource_logs, scope_logs, records to hold)
-        for record, index, has_synthetic_type, rule, resource_logs, scope_logs in undecided:
+        # 2. Every record gets its trace's verdict (or unknown) appended, in C-level passes over the
+        #    whole request; then the few that need more (own evidence, a possible rule match, a
+        #    secret, a limit) are redone one by one.
+        inherited = list(map(memory.inherited.get, map(_TRACE_ID, messages), repeat(UNKNOWN)))
+        forward: list[bytes | None] = list(map(add, records, map(_WIRE_TYPED, inherited)))
+        severities = list(map(_SEVERITY, messages))
+        min_rule_severity = self.rules.min_severity_number
+        special = rejected | secrets | upstream.keys()
+        special.update(
+            i
+            for i, severity in enumerate(severities)
+            if severity >= min_rule_severity or (severity == 0 and messages[i].severity_text)
+        )
+        held_from: list[tuple] = []  # (index, record, has synthetic type, rule)
+        counts: dict[str, int] = {}  # redactions per rule
+        redactor = self.redactor
+        for index, (verdict, has_synthetic_type) in own.items():
+            if index in special:
+                continue
+            # Evidence of its own, nothing more to do: its verdict, or else its trace's, appended.
+            if verdict is None:
+                verdict = inherited[index]
+            inherited[index] = verdict
+            forward[index] = records[index] + (verdict.wire if has_synthetic_type else verdict.wire_typed)
+        for index in sorted(special):
+            inherited[index] = None  # counted by _slow
+            done = self._slow(index, messages[index], records[index], own, rejected, upstream, memory, now, stats, held_from)
+            if done is not None and index in secrets:
+                done = redactor.redact_bytes(done, LogRecord, counts)
+            forward[index] = done
+        for verdict, n in Counter(inherited).items():
+            if verdict is not None:
+                stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + n
+                stats.records += n
+
+        start = 0
+        for resource_logs, resource_view, scope_logs, scope_view, serialized in groups:
+            stop = start + len(serialized)
+            chunk = forward[start:stop]
+            del scope_view.log_records[:]
+            scope_view.log_records.extend(chunk if None not in chunk else [f for f in chunk if f is not None])
+            if redactor.active and resource_view.resource:
+                redacted = [redactor.redact_bytes(part, Resource, counts) for part in resource_view.resource]
+                del resource_view.resource[:]
+                resource_view.resource.extend(redacted)
+            start = stop
+        stats.redactions = counts
+        if held_from:
+            stats.held = self._hold(held_from, groups, now)
+        return view.SerializeToString(), stats
+
+    @staticmethod
+    def _resource_verdict_of(index: int, groups, resource_verdicts) -> Verdict | None:
+        for *_, scope_view, serialized in groups:
+            if index < len(serialized):
+                return resource_verdicts.get(id(scope_view))
+            index -= len(serialized)
+        return None
+
+    def _resource_verdict(self, serialized: bytes, resource_logs) -> Verdict | None:
+        """The verdict a resource's attributes give; resources repeat across requests, so it is cached."""
+        cache = self._resource_verdicts
+        if serialized in cache:
+            return cache[serialized]
+        verdict = self.classifier.attributes(resource_logs.resource.attributes)
+        if len(cache) >= _RESOURCE_CACHE_SIZE:
+            cache.clear()
+        cache[serialized] = verdict
+        return verdict
+
+    def _inspect(self, record) -> tuple[Verdict | None, bool, str | None]:
+        """A record's own evidence: (best verdict, has user_agent.synthetic.type, triage.source if already set)."""
+        classifier = self.classifier
+        evidence_keys = classifier.evidence_keys
+        verdict = None
+        has_synthetic_type = False
+        already = None
+        for kv in record.attributes:
+            key = kv.key
+            if key in evidence_keys:
+                found = classifier.evidence(key, kv.value)
+                if found is not None and (verdict is None or found.rank < verdict.rank):
+                    verdict = found
+            elif key == SYNTHETIC_TYPE:
+                has_synthetic_type = True
+            elif key == SOURCE:
+                already = kv.value.string_value
+        return verdict, has_synthetic_type, already
+
+    def _slow(self, index, record, wire, own, rejected, upstream, memory, now, stats, held_from):
+        """One record that may match a rule, holds a secret, or was rejected: its bytes to forward, or None."""
+        if index in rejected:
+            return None
+        already = upstream.get(index)
+        if already is not None:
+            # Triaged upstream (a second processor in the path): pass on untouched.
+            _count(stats.by_source, already)
+            stats.records += 1
+            return wire
+        verdict, has_synthetic_type = own.get(index, _NOTHING)
+        rule = None
+        severity = effective_severity(record)
+        if severity >= self.rules.min_severity_number:
+            rule = self.rules.match(record, severity)
+        if verdict is None:
             trace_id = record.trace_id
             known = memory.recall(trace_id, now) if trace_id else None
             if known is not None:
-                self._decide(record, known.inherited(), has_synthetic_type, rule, stats)
+                verdict = known.inherited()
             elif rule is not None and trace_id and self.window_s > 0:
-                held_from.setdefault(id(scope_logs), (resource_logs, scope_logs, []))[2].append(
-                    (record, index, has_synthetic_type, rule)
-                )
+                held_from.append((index, record, has_synthetic_type, rule))
+                return None
             else:
-                self._decide(record, UNKNOWN, has_synthetic_type, rule, stats)
-        if held_from:
-            stats.held = self._hold(held_from.values(), now)
-        return stats
+                verdict = UNKNOWN
+        return self._decide_wire(record, wire, verdict, has_synthetic_type, rule, stats)
+
+    def _decide_wire(self, record, wire: bytes, verdict: Verdict, has_synthetic_type: bool, rule, stats: Stats) -> bytes:
+        enrichment = verdict.wire if has_synthetic_type else verdict.wire_typed
+        stats.records += 1
+        _count(stats.by_source, verdict.source)
+        if rule is None or not self.fires(verdict):
+            return wire + enrichment
+        if not self.enforce:
+            _count(stats.would_downgrade, rule.name)
+            return wire + enrichment + self._would_wire[rule.name]
+        record.MergeFromString(enrichment)
+        self.downgrade(record, rule)
+        _count(stats.downgraded, rule.name)
+        return record.SerializeToString()
 
     def _learn(self, memory: TraceMemory, trace_id: bytes, verdict: Verdict, now: float) -> None:
         memory.learn(trace_id, verdict, now)
@@ -191,25 +350,25 @@ class Pipeline:
 
     # --- holding -----------------------------------------------------------------------------------------
 
-    def _hold(self, groups, now: float) -> int:
-        """Move the records to hold out of their request, keeping their resource and scope."""
-        count = 0
+    def _hold(self, waiting: list[tuple], groups, now: float) -> int:
+        """Keep records for their trace's evidence, each with a copy of the resource and scope it came in."""
         deadline = now + self.window_s
-        for resource_logs, scope_logs, waiting in groups:
-            group = ResourceLogs(resource=resource_logs.resource, schema_url=resource_logs.schema_url)
-            group.scope_logs.add(scope=scope_logs.scope, schema_url=scope_logs.schema_url)
-            group_size = group.ByteSize()
-            for record, _, has_synthetic_type, rule in waiting:
-                copy = LogRecord()
-                copy.CopyFrom(record)
-                self.holding.hold(
-                    copy.trace_id,
-                    Held(copy, group, rule, has_synthetic_type, deadline, copy.ByteSize() + group_size),
-                )
-                count += 1
-            for _, index, _, _ in sorted(waiting, key=lambda w: w[1], reverse=True):
-                del scope_logs.log_records[index]
-        return count
+        bounds = list(accumulate(len(group[-1]) for group in groups))
+        skeletons: dict[int, tuple[ResourceLogs, int]] = {}  # group -> (skeleton, its size)
+        for index, record, has_synthetic_type, rule in waiting:
+            g = bisect_right(bounds, index)
+            skeleton = skeletons.get(g)
+            if skeleton is None:
+                resource_logs, _, scope_logs, _, _ = groups[g]
+                group = ResourceLogs(resource=resource_logs.resource, schema_url=resource_logs.schema_url)
+                group.scope_logs.add(scope=scope_logs.scope, schema_url=scope_logs.schema_url)
+                skeleton = skeletons[g] = (group, group.ByteSize())
+            copy = LogRecord()
+            copy.CopyFrom(record)
+            self.holding.hold(
+                copy.trace_id, Held(copy, skeleton[0], rule, has_synthetic_type, deadline, copy.ByteSize() + skeleton[1])
+            )
+        return len(waiting)
 
     def release_ready(self, now: float) -> tuple[ExportLogsServiceRequest, Stats] | None:
         """Held records whose evidence came, or whose window passed: a request to forward, or None."""

@@ -182,6 +182,10 @@ class Redactor:
         self._always = any(literal is None for _, _, literal, _ in self._rules)
         literals = [literal.encode() for _, _, literal, _ in self._rules if literal is not None]
         self._probes = _probes(literals, sorted(k.encode() for k in self.attribute_keys))
+        # Byte strings a record holding something to redact must contain (None: any record may).
+        self.literals: tuple[bytes, ...] | None = (
+            None if self._always else tuple(literals) + tuple(k.encode() for k in self.attribute_keys)
+        )
 
     @property
     def active(self) -> bool:
@@ -231,6 +235,18 @@ class Redactor:
         if self.active and (self._always or self.needed(record.SerializeToString())):
             self._record(record, counts)
         return counts
+
+    def redact_bytes(self, message: bytes, message_class, counts: dict[str, int]) -> bytes:
+        """A serialized LogRecord (or Resource) with its secrets redacted; ``message`` itself if it has none."""
+        if not self.active or not (self._always or self.needed(message)):
+            return message
+        parsed = message_class.FromString(message)
+        before = sum(counts.values())
+        if hasattr(parsed, "body"):
+            self._record(parsed, counts)
+        else:
+            self._attributes(parsed.attributes, counts)
+        return parsed.SerializeToString() if sum(counts.values()) != before else message
 
     def text(self, text: str, counts: dict[str, int]) -> str:
         """``text`` with every pattern's secret replaced (the same object when nothing changed)."""

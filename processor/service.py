@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -41,8 +42,12 @@ def build_classifier(config: Config) -> Classifier:
     return Classifier(signatures, config.ua_cache_size, config.health_paths, cidrs)
 
 
-def build_pipeline(config: Config) -> Pipeline:
-    """The pure core, compiled once from the config (raises CatalogError / RulesError on bad files)."""
+def build_pipeline(config: Config, redactor: Redactor | None = None) -> Pipeline:
+    """The pure core, compiled once from the config (raises CatalogError / RulesError on bad files).
+
+    Redaction is on only when ``redactor`` is given (the service gives the configured one), so
+    tools that show what classification did (``explain``) see the records as they came.
+    """
     classifier = build_classifier(config)
     memory = (
         TraceMemory(config.correlation_ttl_s, config.correlation_max_traces) if config.correlation_ttl_s > 0 else None
@@ -55,6 +60,7 @@ def build_pipeline(config: Config) -> Pipeline:
         downgrade_confidence=config.downgrade_confidence,
         memory=memory,
         window_s=config.correlation_window_s,
+        redactor=redactor,
     )
 
 
@@ -62,7 +68,7 @@ class Service:
     def __init__(self, config: Config, transport=None):
         self.config = config
         self.metrics = Metrics()
-        self.pipeline = build_pipeline(config)
+        self.pipeline = build_pipeline(config, Redactor(config.redact_attributes, config.redact_patterns))
         if config.queue_dir:
             self.queue = DiskQueue(config.queue_dir, config.queue_max_bytes, config.queue_fsync)
             batches, records = self.queue.replayed
@@ -71,8 +77,7 @@ class Service:
         else:
             self.queue = BoundedQueue(config.memory_limit_bytes)
         limits = Limits(config.max_records_per_request, config.max_attributes_per_record, config.max_record_bytes)
-        redactor = Redactor(config.redact_attributes, config.redact_patterns)
-        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits, redactor)
+        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits)
         self.tls = (
             TlsMaterial(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
             if config.tls_cert_file
@@ -131,6 +136,9 @@ class Service:
             await self.grpc.start()
         if self.http:
             await self.http.start()
+        # Everything built so far (catalog, rules, compiled patterns, modules) lives as long as the
+        # process: out of the collector's way, so a full collection walks only request-time objects.
+        gc.freeze()
         self.admin.ready = True
         log.info(
             "serving: otlp/grpc %s, otlp/http %s, admin %s; exporting to %s; downgrading %s in %s mode",

@@ -23,11 +23,13 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor import otlp_json
 from processor.classify import Verdict
 from processor.classify.verdict import LIKELY
+from processor.config import Config
 from processor.correlation import TraceMemory
 from processor.intake import JSON, PROTOBUF, Intake, decompress
 from processor.metrics import Metrics
 from processor.queue import BoundedQueue
 from processor.redact import Redactor
+from processor.service import build_pipeline
 from processor.status import INVALID, TOO_LARGE, Rejected
 
 from .fuzz import strategies as gen
@@ -189,7 +191,8 @@ class TestJsonKeyEscapes:
 
 def _accepted(payload: bytes, earlier: list[bytes]) -> bytes:
     """What Intake.accept queues for an OTLP/JSON ``payload``, after the ``earlier`` requests."""
-    intake = Intake(build_pipelines()["window0"], BoundedQueue(1 << 30), Metrics(), 1 << 30, redactor=Redactor())
+    pipeline = build_pipeline(Config.from_env(CONFIGS["window0"]), Redactor())
+    intake = Intake(pipeline, BoundedQueue(1 << 30), Metrics(), 1 << 30)
     for request in [*earlier, payload]:
         asyncio.run(intake.accept(request, JSON, "http"))
     return intake.queue.pending()[-1].payload

@@ -27,7 +27,9 @@ HEALTH_PATH_NAME = "health-check-path"
 # set on purpose; an address in a monitor's published ranges is next; then a recognised user agent;
 # then "looks like a browser"; a health-check path alone is only weak evidence.
 _HEADER, _ADDRESS, _SIGNATURE_UA, _BROWSER_UA, _PATH = 0, 1, 2, 3, 4
+PATH_RANK = (_PATH, 0)  # every health-path verdict's rank: any other evidence outranks it
 _BROWSER_MARKER = "mozilla/"
+_BROWSER_MARKER_BYTES = _BROWSER_MARKER.encode()
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,13 @@ class Classifier:
         ]
 
         # Health-check paths: exact match only, so /health-insurance is not /health.
+        self.health_paths = tuple(health_paths)
         self._paths: dict[tuple[str, str], Verdict] = {}
         for key in PATH_KEYS if health_paths else ():
             self.evidence_keys[key] = "path"
             for path in health_paths:
                 self._paths[key, path] = Verdict(
-                    "probe", HEALTH_PATH_NAME, f"{key} is {path!r}", confidence=LIKELY, rank=(_PATH, 0)
+                    "probe", HEALTH_PATH_NAME, f"{key} is {path!r}", confidence=LIKELY, rank=PATH_RANK
                 )
 
         self._cidrs = monitor_cidrs
@@ -148,6 +151,18 @@ class Classifier:
         for key in ADDRESS_KEYS if monitor_cidrs else ():
             self.evidence_keys[key] = "address"
 
+        # The same decision from the outside: a caller that searched the user agent for every needle
+        # at once (``ua_needles``, ASCII case ignored) passes the indices it found. Each needle's
+        # verdict is the one the catalog-order loop in _user_agent would reach first.
+        self.ua_needles: tuple[str, ...] = tuple(needles)
+        needle_index = {low: n for n, low in enumerate(self.ua_needles)}
+        # needle -> (where the loop first meets it: signature order, needle position; catalog index; needle)
+        self._needle_first: dict[int, tuple[tuple[int, int], int, str]] = {}
+        for order, (i, _, pairs) in enumerate(self._ua_signatures):
+            for position, (low, _) in enumerate(pairs):
+                self._needle_first.setdefault(needle_index[low], ((order, position), i, low))
+        self.ua_needles_ascii = all(n.isascii() for n in self.ua_needles)
+        self.ua_cache_size = ua_cache_size
         self.user_agent = lru_cache(maxsize=ua_cache_size)(self._user_agent)
         self.address = lru_cache(maxsize=ua_cache_size)(self._address)
 
@@ -211,6 +226,15 @@ class Classifier:
                     if low in lowered:
                         return self._ua_verdicts[key, i, low]
         if _BROWSER_MARKER in lowered:
+            return self._browser[key]
+        return None
+
+    def user_agent_found(self, key: str, user_agent: bytes, needles: set[int]) -> Verdict | None:
+        """``user_agent(key, ...)`` for an ASCII user agent in which exactly ``needles`` occur (case ignored)."""
+        if needles:
+            _, i, low = min(self._needle_first[n] for n in needles)
+            return self._ua_verdicts[key, i, low]
+        if _BROWSER_MARKER_BYTES in user_agent.lower():
             return self._browser[key]
         return None
 
