@@ -33,8 +33,10 @@ test: $(STAMP) $(SCAN_STAMP)
 	$(BIN)/python -m pytest -q
 
 ## Reproducible load through the processor vs a bytes relay and the naive SDK pipeline.
+## BENCH_ARGS passes options on, e.g. BENCH_ARGS="--soak 600" (10 minutes of steady load, RSS over time).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python tests/bench/run.py
+	$(BIN)/python tests/bench/run.py $(BENCH_ARGS)
 
 ## Coverage-guided fuzzing (atheris) of the decoders, classifier and rules, longer than in CI.
 FUZZ_SECONDS ?= 300

@@ -22,7 +22,7 @@ sent; CPU and rate relative to the relay (the floor: same gRPC stack, no decode/
 p50/p99 latency at half rate; peak RSS of the server process.
 
 Usage: python tests/bench/run.py [--records N] [--quick] [--only NAME ...] [--seed S] [--json FILE]
-                                 [--profile DIR]   (see README.md beside this file)
+                                 [--profile DIR] [--soak SECONDS]   (see README.md beside this file)
 Exit status: 0 when every check passed (the naive pipeline's drops are reported, not checked).
 """
 
@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ import pyspy
 import workload
 from procs import HOST, PYTHON, Child, Usage, free_port, helper_argv, slug, wait_until
 
-DEFAULT_RECORDS = 500_000
+DEFAULT_RECORDS = 1_000_000
 QUICK_RECORDS = 20_000
 WARMUP_REQUESTS = 4
 CONCURRENCY = 4  # requests in flight from the sender
@@ -59,6 +60,7 @@ LATENCY_WINDOW_S = 5.0
 QUICK_LATENCY_WINDOW_S = 1.0
 LATENCY_MIN_REQUESTS = 10
 LATENCY_CONCURRENCY = 32  # enough that the open-loop schedule never waits for an answer
+SOAK_SAMPLE_S = 10.0  # --soak: how often the server's RSS is read
 
 TRIAGE, RELAY, NAIVE = "otlp-triage", "relay", "naive SDK"
 
@@ -311,6 +313,35 @@ def run_scenario(
         sink.stop()
 
 
+def soak(scenario: Scenario, load: workload.Workload, rate: float, seconds: float, log_dir: Path) -> list[tuple[float, int]]:
+    """Steady load at ``LATENCY_RATE_SHARE`` of ``rate`` for ``seconds`` on a fresh server: (elapsed s, RSS) samples."""
+    sink, sink_ports = start_sink(log_dir)
+    server = None
+    samples: list[tuple[float, int]] = []
+    try:
+        server, endpoint = start_server(scenario, sink_ports, log_dir)
+        per_s = rate * LATENCY_RATE_SHARE / workload.RECORDS_PER_REQUEST
+        payloads = [load.payloads[i % load.requests] for i in range(int(per_s * seconds))]
+        stop = threading.Event()
+        started = time.monotonic()
+
+        def sample() -> None:
+            while not stop.wait(SOAK_SAMPLE_S):
+                samples.append((time.monotonic() - started, server.usage().rss_bytes))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        asyncio.run(client.send(scenario.protocol, endpoint, payloads, LATENCY_CONCURRENCY, SEND_TIMEOUT_S, interval_s=1 / per_s))
+        stop.set()
+        sampler.join()
+        samples.append((time.monotonic() - started, server.usage().rss_bytes))
+        return samples
+    finally:
+        if server is not None:
+            server.stop()
+        sink.stop()
+
+
 def measure_latency(
     scenario: Scenario,
     endpoint: str,
@@ -424,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="sample each server with py-spy while measured; raw stacks in DIR",
     )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="SECONDS",
+        help="then run otlp-triage grpc at half its rate for SECONDS on a fresh server and report its RSS over time",
+    )
     args = parser.parse_args(argv)
     records = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
     latency_window_s = QUICK_LATENCY_WINDOW_S if args.quick else LATENCY_WINDOW_S
@@ -467,9 +504,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result.delivered:,}/{result.sent:,} delivered, {result.retries} retries",
                 flush=True,
             )
+        soaked: list[tuple[float, int]] = []
+        grpc = next((r for r in results if r.scenario.name == "otlp-triage grpc"), None)
+        if args.soak and grpc is not None:
+            print(f"  soak: otlp-triage grpc at {LATENCY_RATE_SHARE:.0%} of {grpc.rate:,.0f} records/s for {args.soak:.0f}s", flush=True)
+            soaked = soak(grpc.scenario, loads[grpc.scenario.variant], grpc.rate, args.soak, log_dir)
 
     print()
     print(table(results))
+    if soaked:
+        print("\nsoak, RSS of the otlp-triage process (MiB) over time: " + ", ".join(f"{t:.0f}s {rss / 2**20:.0f}" for t, rss in soaked))
+        half = [rss for t, rss in soaked if t >= soaked[-1][0] / 2]
+        print(
+            f"soak: peak {max(r for _, r in soaked) / 2**20:.0f} MiB; second half {min(half) / 2**20:.0f}–{max(half) / 2**20:.0f} MiB, "
+            f"end {soaked[-1][1] / 2**20:.0f} MiB"
+        )
     print()
     for s in scenarios:
         print(f"  {s.name}: {s.note}")
