@@ -165,7 +165,7 @@ class Pipeline:
             verdict, has_synthetic_type = None, False
             if index in scan.flagged:
                 found = read(scan, index)
-                if found is None:  # triaged upstream: the decoded record says as what
+                if found is None:  # the bytes cannot settle it (e.g. triaged upstream): read it decoded
                     verdict, has_synthetic_type, already = self._inspect(record)
                     if already is not None:
                         upstream[index] = already
