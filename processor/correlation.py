@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from .classify.verdict import CERTAIN, TRACE_PRECEDENCE, Verdict
+from .classify.verdict import Verdict
 
 
 def outranks(new: Verdict, known: Verdict) -> bool:
@@ -23,9 +23,7 @@ def outranks(new: Verdict, known: Verdict) -> bool:
     Certain evidence beats likely evidence; among equals, ``user`` beats everything, so one
     real-user record in a trace keeps the whole trace from being downgraded.
     """
-    new_key = (new.confidence != CERTAIN, TRACE_PRECEDENCE[new.source])
-    known_key = (known.confidence != CERTAIN, TRACE_PRECEDENCE[known.source])
-    return new_key < known_key
+    return new.trace_rank < known.trace_rank
 
 
 class TraceMemory:
@@ -41,9 +39,8 @@ class TraceMemory:
         self.max_traces = max_traces
         # trace -> when it expires, ordered by last update: expiry and eviction both pop from the front.
         self.expires: OrderedDict[bytes, float] = OrderedDict()
-        self.verdicts: dict[bytes, Verdict] = {}
-        # What a record without evidence of its own inherits from each live trace: looked up for every
-        # record of a request in one C-level pass, so kept beside the verdict rather than derived per lookup.
+        # trace -> what a record without evidence of its own inherits from it (``.origin``: the trace's
+        # verdict). Looked up for every record of a request in one C-level pass.
         self.inherited: dict[bytes, Verdict] = {}
         self.evicted = 0
 
@@ -55,17 +52,16 @@ class TraceMemory:
         expires = self.expires
         until = expires.get(trace_id)
         if until is not None:
-            known = self.verdicts[trace_id]
             # An expired verdict is forgotten, not merged: fresh evidence alone decides.
-            if until > now and not outranks(verdict, known):
-                verdict = known
+            if until > now:
+                known = self.inherited[trace_id].origin
+                if verdict.trace_rank >= known.trace_rank:  # not outranked: the trace keeps its verdict
+                    verdict = known
             expires.move_to_end(trace_id)
         expires[trace_id] = now + self.ttl_s
-        if self.verdicts.get(trace_id) is not verdict:
-            self.verdicts[trace_id] = verdict
-            self.inherited[trace_id] = verdict.inherited()
+        self.inherited[trace_id] = verdict.inherited()
         if len(expires) > self.max_traces:
-            self._forget(expires.popitem(last=False)[0])
+            del self.inherited[expires.popitem(last=False)[0]]
             self.evicted += 1
         return verdict
 
@@ -73,7 +69,7 @@ class TraceMemory:
         until = self.expires.get(trace_id)
         if until is None or until <= now:
             return None
-        return self.verdicts[trace_id]
+        return self.inherited[trace_id].origin
 
     def expire(self, now: float) -> None:
         expires = self.expires
@@ -82,11 +78,7 @@ class TraceMemory:
             if until > now:
                 break
             expires.popitem(last=False)
-            self._forget(trace_id)
-
-    def _forget(self, trace_id: bytes) -> None:
-        del self.verdicts[trace_id]
-        del self.inherited[trace_id]
+            del self.inherited[trace_id]
 
 
 @dataclass(eq=False)

@@ -25,7 +25,7 @@ from .classify import Classifier, Verdict
 from .classify.classifier import PATH_RANK
 from .classify.verdict import SOURCE, SYNTHETIC_TYPE
 from .redact import Redactor
-from .wire import Fields, Scanner, attribute_value, attribute_with_string_at, string_value
+from .wire import Scanner, attribute_value, attribute_with_string_at, field_containing, string_value
 
 _MISSING = object()
 _ATTRIBUTE_TAG = 0x32  # LogRecord.attributes, length-delimited
@@ -105,12 +105,11 @@ class EvidenceReader:
         verdict = None
         has_synthetic_type = False
         paths = []
-        fields = Fields(buf, start, stop)
         for literal, at in scan.hits[index]:
             role, argument = roles[literal]
             if role == _SECRET:  # the redactor's business
                 continue
-            field = fields.containing(at)
+            field = field_containing(buf, start, stop, at)
             if field is None or buf[field] != _ATTRIBUTE_TAG:
                 continue  # in the body, the severity text, the event name: never evidence
             if role == _HEALTH_PATH:

@@ -134,7 +134,7 @@ class Scanner:
 # value as  0x0a len(string) string. attribute_value and attribute_with_string_at find that framing
 # around an occurrence; the same bytes can also sit inside a body or another value (a map, a bytes
 # value holding a serialized record), so the frame must also start a top-level field of the record:
-# ``Fields`` walks the record's fields to say which field an offset lies in.
+# ``field_containing`` walks the record's fields to say which field an offset lies in.
 
 
 def varint(n: int) -> bytes:
@@ -168,60 +168,55 @@ def _frame(table: list[bytes], tag: bytes, n: int) -> bytes:
     return table[n] if n < _FRAMES else tag + varint(n)
 
 
-class Fields:
-    """The top-level fields of the message ``buf[start:stop]``, walked forward only as far as asked."""
+def field_containing(buf: bytes, start: int, stop: int, position: int) -> int | None:
+    """Where the top-level field of the message ``buf[start:stop]`` that holds ``position`` starts.
 
-    __slots__ = ("buf", "stop", "starts", "at")
-
-    def __init__(self, buf: bytes, start: int, stop: int):
-        self.buf = buf
-        self.stop = stop
-        self.starts: list[int] = []
-        self.at = start  # where the next field starts
-
-    def containing(self, position: int) -> int | None:
-        """Where the field holding ``position`` starts (None if the walk cannot reach it)."""
-        buf, stop = self.buf, self.stop
-        at = self.at
-        while at <= position and at < stop:
-            self.starts.append(at)
-            tag = buf[at]
+    Walks the fields from ``start`` (a few per record: the attribute that matters is usually among
+    the first), so a frame found inside another field's content is told apart from a real field.
+    """
+    at = start
+    field = None
+    while at <= position:
+        if at >= stop:
+            return None
+        field = at
+        tag = buf[at]
+        if tag >= 0x80:  # field numbers above 15: a longer tag
+            read = _read_varint(buf, at, stop)
+            if read is None:
+                return None
+            tag, at = read
+        else:
             at += 1
-            if tag >= 0x80:  # field numbers above 15: a longer tag
-                read = _read_varint(buf, at - 1, stop)
+        kind = tag & 7
+        if kind == 2:
+            if at >= stop:
+                return None
+            length = buf[at]
+            if length < 0x80:
+                at += 1 + length
+            else:
+                read = _read_varint(buf, at, stop)
                 if read is None:
                     return None
-                tag, at = read
-            kind = tag & 7
-            if kind == 2:
-                length = buf[at] if at < stop else 0x80
-                if length < 0x80:
-                    at += 1 + length
-                else:
-                    read = _read_varint(buf, at, stop)
-                    if read is None:
-                        return None
-                    at = read[1] + read[0]
-            elif kind == 0:
-                while at < stop and buf[at] >= 0x80:
-                    at += 1
+                at = read[1] + read[0]
+        elif kind == 0:
+            while at < stop and buf[at] >= 0x80:
                 at += 1
-            elif kind == 1:
-                at += 8
-            elif kind == 5:
-                at += 4
-            else:  # groups: not in OTLP (the request decoded, so not reached in practice)
-                return None
-        self.at = at
-        if position >= at or not self.starts:
+            at += 1
+        elif kind == 1:
+            at += 8
+        elif kind == 5:
+            at += 4
+        else:  # groups: not in OTLP (the request decoded, so not reached in practice)
             return None
-        return self.starts[bisect_right(self.starts, position) - 1]
+    return field
 
 
 def attribute_value(buf: bytes, key_at: int, key: bytes, start: int, stop: int) -> tuple[int, int, int] | None:
     """(frame start, AnyValue start, AnyValue end) if ``key`` at ``key_at`` is framed as the key of an
     attribute of the record ``buf[start:stop]`` (a KeyValue without a value: an empty AnyValue at its
-    end); None if not. Whether the frame starts a top-level field is the caller's check (``Fields``)."""
+    end); None if not. Whether the frame starts a top-level field is the caller's check (``field_containing``)."""
     size = len(key)
     head = key_at - 2  # 0x0a len(key)
     if size >= 0x80 or head < start or buf[head] != 0x0A or buf[head + 1] != size:

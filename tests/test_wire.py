@@ -19,7 +19,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor.config import Config
 from processor.redact import Redactor
 from processor.service import build_pipeline
-from processor.wire import Fields, attribute_value, attribute_with_string_at, string_value, varint
+from processor.wire import attribute_value, attribute_with_string_at, field_containing, string_value, varint
 
 from .corpus import generate
 from .fuzz import strategies as gen
@@ -153,7 +153,7 @@ def test_attribute_value_reads_every_length(length: int) -> None:
     framed = attribute_value(buf, at, b"user_agent.original", 0, len(buf))
     assert framed is not None
     frame_at, value_at, end = framed
-    assert Fields(buf, 0, len(buf)).containing(at) == frame_at
+    assert field_containing(buf, 0, len(buf), at) == frame_at
     assert AnyValue.FromString(buf[value_at:end]).string_value == text
     begin, end = string_value(buf, value_at, end)
     assert buf[begin:end] == text.encode()
@@ -182,7 +182,7 @@ def test_a_serialized_attribute_inside_a_bytes_value_is_not_evidence() -> None:
         at = buf.index(b"user_agent.original")
         framed = attribute_value(buf, at, b"user_agent.original", 0, len(buf))
         assert framed is not None  # the frame is there...
-        assert framed[0] != Fields(buf, 0, len(buf)).containing(at)  # ...but not as a field of this record
+        assert framed[0] != field_containing(buf, 0, len(buf), at)  # ...but not as a field of this record
         for pipeline in PIPELINES.values():
             scan = pipeline.evidence.scan([buf])
             assert pipeline._inspect(outer)[:2] == (None, False)
@@ -206,7 +206,7 @@ def test_attribute_with_string_at_finds_the_path_attribute(path: str) -> None:
     assert found[0] is None  # the body's mention
     key, end, frame_at = found[1]
     assert (key, end) == (b"url.path", buf.rindex(path.encode()) + len(path.encode()))
-    assert Fields(buf, 0, len(buf)).containing(starts[1]) == frame_at
+    assert field_containing(buf, 0, len(buf), starts[1]) == frame_at
 
 
 def test_varint_round_trips() -> None:

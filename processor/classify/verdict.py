@@ -33,7 +33,8 @@ class Verdict:
     """
 
     __slots__ = (
-        "source", "name", "evidence", "confidence", "rank", "attributes", "synthetic_type", "wire", "wire_typed", "_inherited"
+        "source", "name", "evidence", "confidence", "rank", "trace_rank", "attributes", "synthetic_type", "wire",
+        "wire_typed", "origin", "_inherited",
     )
 
     def __init__(self, source: str, name: str, evidence: str, confidence: str = CERTAIN, rank: tuple = ()):
@@ -43,6 +44,9 @@ class Verdict:
         self.confidence = confidence
         # Orders verdicts found on one record: lower wins (marker header, then user agent signature, ...).
         self.rank = rank
+        # Orders verdicts of one trace: lower wins (certain before likely; then TRACE_PRECEDENCE).
+        self.trace_rank = (0 if confidence == CERTAIN else len(TRACE_PRECEDENCE)) + TRACE_PRECEDENCE[source]
+        self.origin = self  # for an inherited verdict: the verdict it was inherited from
         attributes = [string_attribute(SOURCE, source)]
         if name:
             attributes.append(string_attribute(SOURCE_NAME, name))
@@ -62,7 +66,9 @@ class Verdict:
     def inherited(self) -> Verdict:
         """The same decision, for a record that has no evidence of its own but shares the trace."""
         if self._inherited is None:
-            self._inherited = Verdict(self.source, self.name, f"same trace: {self.evidence}", self.confidence, self.rank)
+            inherited = Verdict(self.source, self.name, f"same trace: {self.evidence}", self.confidence, self.rank)
+            inherited.origin = self
+            self._inherited = inherited
         return self._inherited
 
     def __repr__(self) -> str:
