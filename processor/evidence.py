@@ -100,12 +100,23 @@ class EvidenceReader:
         buf = scan.joined
         start = scan.bounds[index - 1] if index else 0
         stop = scan.bounds[index]
-        classifier = self.classifier
         roles = self._roles
+        hits = scan.hits[index]
+        if len(hits) == 1:  # the usual access log: one user agent and nothing else to look at
+            literal, at = hits[0]
+            role, key = roles[literal]
+            if role == _USER_AGENT_KEY:
+                framed = attribute_value(buf, at, key, start, stop)
+                if framed is None:
+                    field = field_containing(buf, start, stop, at)
+                    return (None, False) if field is None or buf[field] != _ATTRIBUTE_TAG else None
+                if framed[0] == field_containing(buf, start, stop, at):
+                    return self._user_agent(buf, key, framed[1:]), False
+        classifier = self.classifier
         verdict = None
         has_synthetic_type = False
         paths = []
-        for literal, at in scan.hits[index]:
+        for literal, at in hits:
             role, argument = roles[literal]
             if role == _SECRET:  # the redactor's business
                 continue
