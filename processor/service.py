@@ -78,6 +78,9 @@ class Service:
             self.queue = BoundedQueue(config.memory_limit_bytes)
         limits = Limits(config.max_records_per_request, config.max_attributes_per_record, config.max_record_bytes)
         self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits)
+        # On SIGTERM, how long calls in flight get to finish before the drain: a quarter of the
+        # shutdown timeout, at most 5 s (the rest is for delivering what is queued).
+        self.receiver_grace_s = min(5.0, config.shutdown_timeout_s / 4)
         self.tls = (
             TlsMaterial(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
             if config.tls_cert_file
@@ -100,6 +103,7 @@ class Service:
                 tls=self.tls,
                 auth=self.auth,
                 max_concurrent_streams=config.max_concurrent_streams,
+                shutdown_grace_s=self.receiver_grace_s,
             )
             if config.grpc_endpoint
             else None
@@ -113,6 +117,7 @@ class Service:
                 config.traces_as_evidence,
                 tls=self.tls,
                 auth=self.auth,
+                shutdown_grace_s=self.receiver_grace_s,
             )
             if config.http_endpoint
             else None
@@ -195,7 +200,7 @@ class Service:
         self.intake.accepting = False
         # In-flight calls finish (and land in the queue) before the drain starts.
         receivers = [r for r in (self.grpc, self.http) if r is not None]
-        await asyncio.gather(*(r.stop(min(5.0, timeout / 4)) for r in receivers))
+        await asyncio.gather(*(r.stop() for r in receivers))
         if self._ticker is not None:
             self._ticker.cancel()
         # Held records are acknowledged data: they go now, with whatever their trace is known to be.

@@ -9,6 +9,7 @@ import gzip
 import itertools
 import json
 import signal
+import socket
 import struct
 import threading
 import time
@@ -528,3 +529,23 @@ def test_persistent_queue_survives_kill_9(sink_factory, processor, tmp_path):
     second = processor(sink=sink, **queue)
     assert set(sink.wait_ids(acknowledged)) == acknowledged
     wait_for(lambda: metric(second, "triage_queue_batches") == 0, 10, "the replayed queue to drain")
+
+
+def test_sigterm_does_not_wait_for_a_stalled_http_request(sink: Sink, processor):
+    """A client that sent headers and part of a body, then stalled, must not hold up the exit: the
+    HTTP receiver gives requests in flight the receiver grace (here 1 s), not aiohttp's 60 s."""
+    proc = processor(sink=sink, TRIAGE_SHUTDOWN_TIMEOUT="4")
+    host, port = proc.http_url.split("//")[1].split("/")[0].split(":")
+    stalled = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        stalled.sendall(
+            b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"\x0a" * 10
+        )
+        time.sleep(0.3)  # the request is being read
+        started = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stderr()
+        assert time.monotonic() - started < 8, "the exit waited for the stalled request"
+    finally:
+        stalled.close()

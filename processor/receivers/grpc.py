@@ -30,8 +30,10 @@ class GrpcReceiver:
         tls: TlsMaterial | None = None,
         auth: TokenAuth | None = None,
         max_concurrent_streams: int = 64,
+        shutdown_grace_s: float = 5.0,
     ):
         self.intake = intake
+        self.shutdown_grace_s = shutdown_grace_s  # how long stop() lets calls in flight finish
         self.endpoint = endpoint
         # gRPC applies this limit to the decompressed message as well, so a compressed bomb is
         # refused by grpc itself (RESOURCE_EXHAUSTED) before it reaches us.
@@ -64,8 +66,8 @@ class GrpcReceiver:
     async def start(self) -> None:
         await self.server.start()
 
-    async def stop(self, grace_s: float) -> None:
-        await self.server.stop(grace_s)
+    async def stop(self) -> None:
+        await self.server.stop(self.shutdown_grace_s)
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:

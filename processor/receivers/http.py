@@ -33,8 +33,12 @@ class HttpReceiver:
         traces_as_evidence: bool = False,
         tls: TlsMaterial | None = None,
         auth: TokenAuth | None = None,
+        shutdown_grace_s: float = 5.0,
     ):
         self.intake = intake
+        # How long stop() lets in-flight requests finish; aiohttp's own default is 60 s, longer than
+        # a pod's termination grace, so one stalled client could hold up the drain.
+        self.shutdown_grace_s = shutdown_grace_s
         self.tls = tls
         self.auth = auth
         self.endpoint = endpoint
@@ -50,7 +54,13 @@ class HttpReceiver:
     async def start(self) -> None:
         host, _, port = self.endpoint.rpartition(":")
         # auto_decompress off: aiohttp would inflate gzip without our decompressed-size limit.
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, auto_decompress=False)
+        self.runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            auto_decompress=False,
+            shutdown_timeout=self.shutdown_grace_s,
+        )
         await self.runner.setup()
         site = web.TCPSite(
             self.runner,
@@ -62,7 +72,9 @@ class HttpReceiver:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
 
-    async def stop(self, grace_s: float) -> None:
+    async def stop(self) -> None:
+        """Stop listening; requests in flight get ``shutdown_grace_s`` to finish, then are cut off
+        (unacknowledged, so their senders retry elsewhere)."""
         if self.runner is not None:
             await self.runner.shutdown()
             await self.runner.cleanup()
