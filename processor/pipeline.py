@@ -19,8 +19,8 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
-from operator import add, attrgetter
+from itertools import accumulate, compress, repeat
+from operator import add, attrgetter, ge, not_
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -190,11 +190,9 @@ class Pipeline:
         severities = list(map(_SEVERITY, messages))
         min_rule_severity = self.rules.min_severity_number
         special = rejected | secrets | upstream.keys()
-        special.update(
-            i
-            for i, severity in enumerate(severities)
-            if severity >= min_rule_severity or (severity == 0 and messages[i].severity_text)
-        )
+        # Possible rule matches: severity at or above the rules' minimum, or none but a severity text.
+        special.update(compress(range(len(severities)), map(ge, severities, repeat(min_rule_severity))))
+        special.update(i for i in compress(range(len(severities)), map(not_, severities)) if messages[i].severity_text)
         held_from: list[tuple] = []  # (index, record, has synthetic type, rule)
         counts: dict[str, int] = {}  # redactions per rule
         redactor = self.redactor
