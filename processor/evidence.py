@@ -41,6 +41,7 @@ class Scan:
     hits: dict[int, list[tuple[int, int]]]  # record index -> (literal id, start in joined)
     secrets: set[int]  # records that may hold something to redact
     flagged: set[int]  # records with evidence, a synthetic type or an upstream triage to read
+    known: dict[int, Verdict | None]  # the usual access logs (a user agent, nothing else), already decided
 
 
 class EvidenceReader:
@@ -72,7 +73,9 @@ class EvidenceReader:
         # A user agent not seen lately is searched for every signature needle at once, with ASCII
         # case ignored (what str.lower() does to ASCII text); other text takes the classifier's path.
         self._needles = (
-            Scanner([(needle.encode(), True) for needle in classifier.ua_needles]) if classifier.ua_needles_ascii else None
+            Scanner([(needle.encode(), True) for needle in classifier.ua_needles])
+            if classifier.ua_needles_ascii and not any("\0" in needle for needle in classifier.ua_needles)
+            else None
         )
         self._user_agents: dict[tuple[bytes, bytes], Verdict | None] = {}
         self._cache_size = cache_size
@@ -89,7 +92,64 @@ class EvidenceReader:
                     secrets.add(index)
                 else:
                     flagged.add(index)
-        return Scan(joined, bounds, hits, secrets, flagged)
+        return Scan(joined, bounds, hits, secrets, flagged, self._user_agents_of(joined, bounds, hits, flagged))
+
+    def _user_agents_of(self, buf: bytes, bounds: list[int], hits, flagged: set[int]) -> dict[int, Verdict | None]:
+        """The verdicts of the records whose only hit is a user-agent key framed as their attribute.
+
+        User agents not in the cache are searched for the catalog's needles together, in one
+        Hyperscan call for the whole request: a flood of unique user agents then costs little more
+        per record than the usual few.
+        """
+        known: dict[int, Verdict | None] = {}
+        cache = self._user_agents
+        roles = self._roles
+        missing: dict[tuple[bytes, bytes], list[int]] = {}  # cache key -> records
+        for index in flagged:
+            found = hits[index]
+            if len(found) != 1:
+                continue
+            literal, at = found[0]
+            role, key = roles[literal]
+            if role != _USER_AGENT_KEY:
+                continue
+            start = bounds[index - 1] if index else 0
+            stop = bounds[index]
+            framed = attribute_value(buf, at, key, start, stop)
+            if framed is None or framed[0] != field_containing(buf, start, stop, at):
+                continue  # read() says what it is
+            cache_key = (key, buf[framed[1] : framed[2]])
+            verdict = cache.get(cache_key, _MISSING)
+            if verdict is _MISSING:
+                missing.setdefault(cache_key, []).append(index)
+            else:
+                known[index] = verdict
+        if missing:
+            if len(cache) + len(missing) > self._cache_size:
+                cache.clear()  # a flood of unique ones: start over rather than track age
+            for cache_key, verdict in self._classify_user_agents(list(missing)).items():
+                cache[cache_key] = verdict
+                for index in missing[cache_key]:
+                    known[index] = verdict
+        return known
+
+    def _classify_user_agents(self, keys: list[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], Verdict | None]:
+        """Verdicts for (key, AnyValue bytes) pairs: ASCII strings from one needle search, the rest one by one."""
+        verdicts: dict[tuple[bytes, bytes], Verdict | None] = {}
+        texts: list[tuple[tuple[bytes, bytes], bytes]] = []
+        for cache_key in keys:
+            key, value = cache_key
+            text = string_value(value, 0, len(value))
+            if text is not None and self._needles is not None and value[text[0] :].isascii():
+                texts.append((cache_key, value[text[0] :]))
+            else:  # an array of values, or non-ASCII text: exactly as for a decoded record
+                verdicts[cache_key] = self.classifier.evidence(key.decode(), AnyValue.FromString(value))
+        if texts:
+            # NUL never occurs in a needle, so no match spans two user agents.
+            found = self._needles.found_in_each([text for _, text in texts])
+            for (cache_key, text), needles in zip(texts, found):
+                verdicts[cache_key] = self.classifier.user_agent_found(cache_key[0].decode(), text, needles)
+        return verdicts
 
     def read(self, scan: Scan, index: int) -> tuple[Verdict | None, bool] | None:
         """(best verdict, has user_agent.synthetic.type) of record ``index``, from its own attributes.
@@ -97,21 +157,14 @@ class EvidenceReader:
         None when the bytes cannot say for sure (the record was triaged upstream, or a key sits inside
         an attribute without being its key): the caller reads the decoded record instead.
         """
+        known = scan.known.get(index, _MISSING)
+        if known is not _MISSING:
+            return known, False
         buf = scan.joined
         start = scan.bounds[index - 1] if index else 0
         stop = scan.bounds[index]
         roles = self._roles
         hits = scan.hits[index]
-        if len(hits) == 1:  # the usual access log: one user agent and nothing else to look at
-            literal, at = hits[0]
-            role, key = roles[literal]
-            if role == _USER_AGENT_KEY:
-                framed = attribute_value(buf, at, key, start, stop)
-                if framed is None:
-                    field = field_containing(buf, start, stop, at)
-                    return (None, False) if field is None or buf[field] != _ATTRIBUTE_TAG else None
-                if framed[0] == field_containing(buf, start, stop, at):
-                    return self._user_agent(buf, key, framed[1:]), False
         classifier = self.classifier
         verdict = None
         has_synthetic_type = False
@@ -156,22 +209,11 @@ class EvidenceReader:
         return verdict, has_synthetic_type
 
     def _user_agent(self, buf: bytes, key: bytes, value: tuple[int, int]) -> Verdict | None:
-        # The same few user agents make most traffic: their verdict is kept by attribute value.
         cache_key = (key, buf[value[0] : value[1]])
-        cached = self._user_agents.get(cache_key, _MISSING)
-        if cached is not _MISSING:
-            return cached
-        verdict = self._user_agent_uncached(buf, key.decode(), value)
-        if len(self._user_agents) >= self._cache_size:
-            self._user_agents.clear()  # a flood of unique ones: start over rather than track age
-        self._user_agents[cache_key] = verdict
+        verdict = self._user_agents.get(cache_key, _MISSING)
+        if verdict is _MISSING:
+            verdict = self._classify_user_agents([cache_key])[cache_key]
+            if len(self._user_agents) >= self._cache_size:
+                self._user_agents.clear()
+            self._user_agents[cache_key] = verdict
         return verdict
-
-    def _user_agent_uncached(self, buf: bytes, key: str, value: tuple[int, int]) -> Verdict | None:
-        text = string_value(buf, *value)
-        if text is not None and self._needles is not None:
-            user_agent = buf[text[0] : text[1]]
-            if user_agent.isascii():
-                return self.classifier.user_agent_found(key, user_agent, self._needles.found(user_agent))
-        # An array of values, or non-ASCII text: exactly as for a decoded record.
-        return self.classifier.evidence(key, AnyValue.FromString(buf[value[0] : value[1]]))

@@ -91,12 +91,24 @@ class Scanner:
 
     def found(self, text: bytes) -> set[int]:
         """The ids of the literals that occur in ``text``."""
-        ids: set[int] = set()
-        if self._database is not None and text:
-            self._database.scan(
-                text, match_event_handler=lambda literal, _start, _end, _flags, _context: ids.add(literal), scratch=self._scratch
-            )
-        return ids
+        return self.found_in_each([text])[0]
+
+    def found_in_each(self, texts: list[bytes]) -> list[set[int]]:
+        """Per text, the ids of the literals that occur in it: one pass over all of them, NUL-separated
+        (callers make sure no literal contains NUL, so no match spans two texts)."""
+        found: list[set[int]] = [set() for _ in texts]
+        if self._database is None or not texts:
+            return found
+        bounds = list(accumulate(len(text) + 1 for text in texts))
+        lengths = self._lengths
+        self._database.scan(
+            b"\0".join(texts),
+            match_event_handler=lambda literal, _start, end, _flags, _context: found[
+                bisect_right(bounds, end - lengths[literal])
+            ].add(literal),
+            scratch=self._scratch,
+        )
+        return found
 
     def scan(self, records: list[bytes]) -> tuple[bytes, list[int], dict[int, list[tuple[int, int]]]]:
         """The records joined, where each ends in the joined bytes, and per record index the
