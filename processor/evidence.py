@@ -28,6 +28,7 @@ from .redact import Redactor
 from .wire import Scanner, attribute_value, attribute_with_string_at, field_containing, string_value
 
 _MISSING = object()
+_NONE: frozenset[int] = frozenset()
 _ATTRIBUTE_TAG = 0x32  # LogRecord.attributes, length-delimited
 
 # What an occurrence of a literal means.
@@ -147,8 +148,8 @@ class EvidenceReader:
         if texts:
             # NUL never occurs in a needle, so no match spans two user agents.
             found = self._needles.found_in_each([text for _, text in texts])
-            for (cache_key, text), needles in zip(texts, found):
-                verdicts[cache_key] = self.classifier.user_agent_found(cache_key[0].decode(), text, needles)
+            for i, (cache_key, text) in enumerate(texts):
+                verdicts[cache_key] = self.classifier.user_agent_found(cache_key[0].decode(), text, found.get(i, _NONE))
         return verdicts
 
     def read(self, scan: Scan, index: int) -> tuple[Verdict | None, bool] | None:

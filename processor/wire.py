@@ -91,23 +91,29 @@ class Scanner:
 
     def found(self, text: bytes) -> set[int]:
         """The ids of the literals that occur in ``text``."""
-        return self.found_in_each([text])[0]
+        return self.found_in_each([text]).get(0, set())
 
-    def found_in_each(self, texts: list[bytes]) -> list[set[int]]:
-        """Per text, the ids of the literals that occur in it: one pass over all of them, NUL-separated
-        (callers make sure no literal contains NUL, so no match spans two texts)."""
-        found: list[set[int]] = [set() for _ in texts]
+    def found_in_each(self, texts: list[bytes]) -> dict[int, set[int]]:
+        """Per text (by index; texts with no match left out), the ids of the literals that occur in it.
+
+        One pass over all of them, NUL-separated: callers make sure no literal contains NUL, so no
+        match spans two texts.
+        """
+        found: dict[int, set[int]] = {}
         if self._database is None or not texts:
             return found
         bounds = list(accumulate(len(text) + 1 for text in texts))
         lengths = self._lengths
-        self._database.scan(
-            b"\0".join(texts),
-            match_event_handler=lambda literal, _start, end, _flags, _context: found[
-                bisect_right(bounds, end - lengths[literal])
-            ].add(literal),
-            scratch=self._scratch,
-        )
+
+        def on_match(literal: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            index = bisect_right(bounds, end - lengths[literal])
+            ids = found.get(index)
+            if ids is None:
+                found[index] = {literal}
+            else:
+                ids.add(literal)
+
+        self._database.scan(b"\0".join(texts), match_event_handler=on_match, scratch=self._scratch)
         return found
 
     def scan(self, records: list[bytes]) -> tuple[bytes, list[int], dict[int, list[tuple[int, int]]]]:
@@ -246,6 +252,9 @@ def attribute_value(buf: bytes, key_at: int, key: bytes, start: int, stop: int) 
     length = buf[at + 1]
     if length < 0x80:
         value_at = at + 2
+    elif at + 2 < stop and buf[at + 2] < 0x80:  # two bytes: a value of 128 B to 16 KiB
+        length = (length & 0x7F) | buf[at + 2] << 7
+        value_at = at + 3
     else:
         read = _read_varint(buf, at + 1, stop)
         if read is None:

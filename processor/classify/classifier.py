@@ -229,7 +229,7 @@ class Classifier:
             return self._browser[key]
         return None
 
-    def user_agent_found(self, key: str, user_agent: bytes, needles: set[int]) -> Verdict | None:
+    def user_agent_found(self, key: str, user_agent: bytes, needles: set[int] | frozenset[int]) -> Verdict | None:
         """``user_agent(key, ...)`` for an ASCII user agent in which exactly ``needles`` occur (case ignored)."""
         if needles:
             _, i, low = min(self._needle_first[n] for n in needles)
