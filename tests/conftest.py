@@ -190,7 +190,10 @@ def scrape(admin_url: str) -> dict[str, float]:
 class Sink:
     """A running tests/sink.py and what it has recorded."""
 
-    def __init__(self, directory: Path, fail_first: int = 0, failing: bool = False):
+    def __init__(
+        self, directory: Path, fail_first: int = 0, failing: bool = False, ports: tuple[int, int] | None = None
+    ):
+        """``ports`` (gRPC, HTTP): listen there, as a backend coming back at its old address."""
         self.out = directory / "sink.jsonl"
         self.control = directory / "sink-failing"
         ready = directory / "sink-ready.json"
@@ -199,6 +202,8 @@ class Sink:
         self.stderr_path = directory / "sink.stderr"
         command = [sys.executable, str(SINK), "--out", str(self.out), "--ready", str(ready)]
         command += ["--fail-first", str(fail_first), "--fail-while", str(self.control)]
+        if ports is not None:
+            command += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1])]
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=err, env=_clean_env(), cwd=ROOT
@@ -209,8 +214,9 @@ class Sink:
                 raise AssertionError(f"sink exited with {self.proc.returncode}: {self.stderr_text()}")
             return json.loads(ready.read_text()) if ready.exists() else None
 
-        ports = wait_for(listening, START_TIMEOUT_S, "the sink to listen")
-        self.grpc_port, self.http_port = ports["grpc_port"], ports["http_port"]
+        listening_on = wait_for(listening, START_TIMEOUT_S, "the sink to listen")
+        self.grpc_port, self.http_port = listening_on["grpc_port"], listening_on["http_port"]
+        assert ports is None or (self.grpc_port, self.http_port) == ports
 
     def recover(self) -> None:
         """From now on, answer normally (ends ``failing``)."""
@@ -383,11 +389,13 @@ class Launcher:
         self.directory = directory
         self.sinks: list[Sink] = []
         self.processors: list[Processor] = []
+        self._started_sinks = 0  # names each sink's directory: sinks can leave ``sinks`` (killed)
 
     def sink(self, **options: Any) -> Sink:
         """A started sink. ``fail_first=N``: the first N requests get UNAVAILABLE/503;
         ``failing=True``: every request does until ``sink.recover()``."""
-        directory = self.directory / f"sink{len(self.sinks)}"
+        directory = self.directory / f"sink{self._started_sinks}"
+        self._started_sinks += 1
         directory.mkdir()
         sink = Sink(directory, **options)
         self.sinks.append(sink)

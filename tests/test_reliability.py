@@ -29,8 +29,6 @@ import asyncio
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,16 +41,7 @@ from processor.export.transports import Sent
 from processor.metrics import Metrics
 from processor.queue import Batch, BoundedQueue
 
-from .conftest import (
-    ROOT,
-    SINK,
-    START_TIMEOUT_S,
-    Launcher,
-    Processor,
-    Sink,
-    _clean_env,
-    wait_for,
-)
+from .conftest import Launcher, Processor, Sink, wait_for
 from .loadgen import GRPC, HTTP, Delivered, LoadGenerator, RssSampler, Throttle
 
 OUTAGE_S = 30.0  # scenario 1
@@ -149,33 +138,6 @@ def load_figures(load: LoadGenerator, delivered: Delivered) -> dict[str, int]:
     }
 
 
-class SinkOnPorts(Sink):
-    """tests/sink.py started on given ports: the backend coming back at its old address."""
-
-    def __init__(self, directory: Path, grpc_port: int, http_port: int):
-        directory.mkdir()
-        self.out = directory / "sink.jsonl"
-        self.control = directory / "sink-failing"
-        self.stderr_path = directory / "sink.stderr"
-        ready = directory / "sink-ready.json"
-        command = [sys.executable, str(SINK), "--out", str(self.out), "--ready", str(ready)]
-        command += ["--fail-while", str(self.control)]
-        command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=err, env=_clean_env(), cwd=ROOT
-            )
-
-        def listening() -> dict | None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"sink exited with {self.proc.returncode}: {self.stderr_text()}")
-            return json.loads(ready.read_text()) if ready.exists() else None
-
-        ports = wait_for(listening, START_TIMEOUT_S, "the restarted sink to listen")
-        self.grpc_port, self.http_port = ports["grpc_port"], ports["http_port"]
-        assert (self.grpc_port, self.http_port) == (grpc_port, http_port)
-
-
 def kill_sink(launcher: Launcher, sink: Sink) -> None:
     """SIGKILL: the backend is gone and its ports refuse connections (the launcher no longer stops it)."""
     sink.proc.send_signal(signal.SIGKILL)
@@ -184,10 +146,8 @@ def kill_sink(launcher: Launcher, sink: Sink) -> None:
 
 
 def restart_sink(launcher: Launcher, old: Sink) -> Sink:
-    directory = launcher.directory / f"sink{len(launcher.sinks)}-restarted"
-    sink = SinkOnPorts(directory, old.grpc_port, old.http_port)
-    launcher.sinks.append(sink)
-    return sink
+    """A new sink process on the old one's ports: the backend coming back at its old address."""
+    return launcher.sink(ports=(old.grpc_port, old.http_port))
 
 
 def restart_processor(
