@@ -1,8 +1,10 @@
-"""The transform: classify, enrich and downgrade the records of OTLP logs requests, in place.
+"""The transform: classify, enrich, downgrade (and redact) the records of OTLP logs requests.
 
-No I/O here: receivers hand a decoded request in, the exporter takes it out; time comes in as an
-argument. Everything that can be decided once (signatures, rules, prepared attributes) is decided
-in ``Pipeline.__init__``.
+No I/O here: the intake hands a request in, serialized and decoded, and gets back the serialized
+request to forward (``process_wire``); time comes in as an argument. Everything that can be decided
+once (signatures, rules, prepared attributes and their bytes) is decided in ``Pipeline.__init__``.
+Records are written from their serialized form (``wire``), and read attribute by attribute only
+when the scan says they may matter (``evidence``).
 
 How a record's source is decided:
 1. its own attributes (marker header, monitor address, user agent, health path), else its
