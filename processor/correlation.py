@@ -12,9 +12,14 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from itertools import repeat
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 from .classify.verdict import Verdict
+
+
+_INHERITED = attrgetter("_inherited")
 
 
 def outranks(new: Verdict, known: Verdict) -> bool:
@@ -64,6 +69,25 @@ class TraceMemory:
             del self.inherited[expires.popitem(last=False)[0]]
             self.evicted += 1
         return verdict
+
+    def learn_many(self, learned: list[tuple[bytes, Verdict]], now: float) -> None:
+        """``learn`` each (trace, verdict) in order. The usual request teaches traces not known yet,
+        each once: those are added in two C-level dict updates instead of one call each."""
+        if not learned:
+            return
+        trace_ids = [trace_id for trace_id, _ in learned]
+        if len(set(trace_ids)) != len(trace_ids) or not self.expires.keys().isdisjoint(trace_ids):
+            for trace_id, verdict in learned:
+                self.learn(trace_id, verdict, now)
+            return
+        verdicts = [verdict for _, verdict in learned]
+        for verdict in set(verdicts):
+            verdict.inherited()  # made once per verdict, then read as an attribute
+        self.expires.update(zip(trace_ids, repeat(now + self.ttl_s)))
+        self.inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
+        while len(self.expires) > self.max_traces:
+            del self.inherited[self.expires.popitem(last=False)[0]]
+            self.evicted += 1
 
     def recall(self, trace_id: bytes, now: float) -> Verdict | None:
         until = self.expires.get(trace_id)

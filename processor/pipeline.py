@@ -160,6 +160,7 @@ class Pipeline:
         look = sorted(scan.flagged.union(evident)) if evident else sorted(scan.flagged)
         read = self.evidence.read
         holding = self.holding
+        learned: list[tuple[bytes, Verdict]] = []  # (trace, verdict), in request order
         for index in look:
             if index in rejected:
                 continue
@@ -180,9 +181,12 @@ class Pipeline:
             if verdict is not None:
                 trace_id = record.trace_id
                 if trace_id:
-                    memory.learn(trace_id, verdict, now)
-                    if holding.count and holding.waiting_for(trace_id):
-                        self._ready.extend(holding.take_trace(trace_id))
+                    learned.append((trace_id, verdict))
+        memory.learn_many(learned, now)
+        if holding.count:  # records held earlier whose trace this request decides
+            for trace_id, _ in learned:
+                if holding.waiting_for(trace_id):
+                    self._ready.extend(holding.take_trace(trace_id))
 
         # 2. Every record gets its trace's verdict (or unknown) appended, in C-level passes over the
         #    whole request; then the few that need more (own evidence, a possible rule match, a
