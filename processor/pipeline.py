@@ -27,7 +27,6 @@ from operator import add, attrgetter, ge, not_
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .classify import UNKNOWN, Classifier, Verdict
 from .classify.verdict import CERTAIN, SOURCE, SYNTHETIC_TYPE, string_attribute
@@ -214,7 +213,7 @@ class Pipeline:
             inherited[index] = None  # counted by _slow
             done = self._slow(index, messages[index], records[index], own, rejected, upstream, memory, now, stats, held_from)
             if done is not None and index in secrets:
-                done = redactor.redact_bytes(done, LogRecord, counts)
+                done = redactor.redact_record_bytes(done, counts)
             forward[index] = done
         for verdict, n in Counter(inherited).items():
             if verdict is not None:
@@ -228,7 +227,7 @@ class Pipeline:
             del scope_view.log_records[:]
             scope_view.log_records.extend(chunk if None not in chunk else [f for f in chunk if f is not None])
             if redactor.active and resource_view.resource:
-                redacted = [redactor.redact_bytes(part, Resource, counts) for part in resource_view.resource]
+                redacted = [redactor.redact_resource_bytes(part, counts) for part in resource_view.resource]
                 del resource_view.resource[:]
                 resource_view.resource.extend(redacted)
             start = stop

@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable
 
 import orjson
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 try:  # the standard library's own regex parser: used only to find each pattern's required literal
     from re import _constants as _sre_constants
@@ -236,17 +238,23 @@ class Redactor:
             self._record(record, counts)
         return counts
 
-    def redact_bytes(self, message: bytes, message_class, counts: dict[str, int]) -> bytes:
-        """A serialized LogRecord (or Resource) with its secrets redacted; ``message`` itself if it has none."""
-        if not self.active or not (self._always or self.needed(message)):
-            return message
-        parsed = message_class.FromString(message)
+    def redact_record_bytes(self, record: bytes, counts: dict[str, int]) -> bytes:
+        """A serialized LogRecord with its secrets redacted; ``record`` itself if it has none."""
+        if not self.active or not (self._always or self.needed(record)):
+            return record
+        parsed = LogRecord.FromString(record)
         before = sum(counts.values())
-        if hasattr(parsed, "body"):
-            self._record(parsed, counts)
-        else:
-            self._attributes(parsed.attributes, counts)
-        return parsed.SerializeToString() if sum(counts.values()) != before else message
+        self._record(parsed, counts)
+        return parsed.SerializeToString() if sum(counts.values()) != before else record
+
+    def redact_resource_bytes(self, resource: bytes, counts: dict[str, int]) -> bytes:
+        """A serialized Resource with its secret attributes redacted; ``resource`` itself if it has none."""
+        if not self.active or not (self._always or self.needed(resource)):
+            return resource
+        parsed = Resource.FromString(resource)
+        before = sum(counts.values())
+        self._attributes(parsed.attributes, counts)
+        return parsed.SerializeToString() if sum(counts.values()) != before else resource
 
     def text(self, text: str, counts: dict[str, int]) -> str:
         """``text`` with every pattern's secret replaced (the same object when nothing changed)."""
