@@ -70,14 +70,12 @@ RequestView, ResourceLogsView = _view_classes()
 class Scanner:
     """Every occurrence of a set of literals in a list of serialized records, found in one pass."""
 
-    def __init__(self, literals: list[tuple[bytes, bool]] | None):
-        """``literals``: (bytes, whether ASCII case is ignored); a literal's id is its index.
-
-        None, or an empty literal, means "look at every record" (``everything``).
-        """
-        self.everything = literals is None or any(not literal for literal, _ in literals)
+    def __init__(self, literals: list[tuple[bytes, bool]]):
+        """``literals``: (bytes, whether ASCII case is ignored); a literal's id is its index."""
+        if any(not literal for literal, _ in literals):
+            raise ValueError("an empty literal occurs everywhere: look at every record instead of scanning")
         self._database = None
-        if not self.everything and literals:
+        if literals:
             self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             # Every byte escaped: a literal may hold regex syntax or bytes Hyperscan's parser treats specially.
             self._database.compile(
