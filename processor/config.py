@@ -129,7 +129,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TRIAGE_EXPORT_CONCURRENCY", "4", "Export requests in flight to the backend at once."),
     Variable("TRIAGE_RETRY_MAX_INTERVAL", "30", "Longest wait in seconds between export retries (backoff cap)."),
     Variable("TRIAGE_SHUTDOWN_TIMEOUT", "20", "Seconds to drain the queue to the backend after SIGTERM."),
-    Variable("TRIAGE_UA_CACHE_SIZE", "10000", "User agents whose classification is cached (bounded LRU)."),
+    Variable(
+        "TRIAGE_UA_CACHE_SIZE",
+        "10000",
+        "User agents whose classification is kept (bounded: the cache starts over when full).",
+    ),
     Variable("TRIAGE_LOG_LEVEL", "info", "The processor's own log level on stderr (debug, info, warning, error)."),
     Variable(
         "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
