@@ -60,7 +60,7 @@ class TraceMemory:
             # An expired verdict is forgotten, not merged: fresh evidence alone decides.
             if until > now:
                 known = self.inherited[trace_id].origin
-                if verdict.trace_rank >= known.trace_rank:  # not outranked: the trace keeps its verdict
+                if not outranks(verdict, known):
                     verdict = known
             expires.move_to_end(trace_id)
         expires[trace_id] = now + self.ttl_s

@@ -126,13 +126,19 @@ class EvidenceReader:
             else:
                 known[index] = verdict
         if missing:
-            if len(cache) + len(missing) > self._cache_size:
-                cache.clear()  # a flood of unique ones: start over rather than track age
-            for cache_key, verdict in self._classify_user_agents(list(missing)).items():
-                cache[cache_key] = verdict
+            for cache_key, verdict in self._remember(self._classify_user_agents(list(missing))).items():
                 for index in missing[cache_key]:
                     known[index] = verdict
         return known
+
+    def _remember(self, verdicts: dict[tuple[bytes, bytes], Verdict | None]) -> dict[tuple[bytes, bytes], Verdict | None]:
+        """Keep newly classified user agents (returned as given); bounded: a flood of unique ones
+        starts the cache over rather than tracking age."""
+        cache = self._user_agents
+        if len(cache) + len(verdicts) > self._cache_size:
+            cache.clear()
+        cache.update(verdicts)
+        return verdicts
 
     def _classify_user_agents(self, keys: list[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], Verdict | None]:
         """Verdicts for (key, AnyValue bytes) pairs: ASCII strings from one needle search, the rest one by one."""
@@ -213,8 +219,5 @@ class EvidenceReader:
         cache_key = (key, buf[value[0] : value[1]])
         verdict = self._user_agents.get(cache_key, _MISSING)
         if verdict is _MISSING:
-            verdict = self._classify_user_agents([cache_key])[cache_key]
-            if len(self._user_agents) >= self._cache_size:
-                self._user_agents.clear()
-            self._user_agents[cache_key] = verdict
+            verdict = self._remember(self._classify_user_agents([cache_key]))[cache_key]
         return verdict

@@ -131,16 +131,13 @@ class Pipeline:
         groups = []
         records: list[bytes] = []  # every record's bytes, in order: a record's index is its place here
         messages: list[LogRecord] = []  # the same records, decoded
-        evident = []  # indices of records whose resource gives a verdict: every one decides its trace
-        resource_verdicts = {}
+        evident: dict[int, Verdict] = {}  # record -> its resource's verdict: every such record decides its trace
         for resource_logs, resource_view in zip(request.resource_logs, view.resource_logs):
             resource_verdict = self._resource_verdict(b"".join(resource_view.resource), resource_logs)
             for scope_logs, scope_view in zip(resource_logs.scope_logs, resource_view.scope_logs):
                 serialized = list(scope_view.log_records)
                 if resource_verdict is not None:
-                    first = len(records)
-                    evident.extend(range(first, first + len(serialized)))
-                    resource_verdicts[id(scope_view)] = resource_verdict
+                    evident.update(zip(range(len(records), len(records) + len(serialized)), repeat(resource_verdict)))
                 groups.append((resource_logs, resource_view, scope_logs, scope_view, serialized))
                 records.extend(serialized)
                 messages.extend(scope_logs.log_records)
@@ -158,7 +155,6 @@ class Pipeline:
         upstream: dict[int, str] = {}  # index -> triage.source a processor upstream set
         look = sorted(scan.flagged.union(evident)) if evident else sorted(scan.flagged)
         read = self.evidence.read
-        holding = self.holding
         learned: list[tuple[bytes, Verdict]] = []  # (trace, verdict), in request order
         for index in look:
             if index in rejected:
@@ -174,18 +170,17 @@ class Pipeline:
                         continue
                 else:
                     verdict, has_synthetic_type = found
-            if verdict is None and evident:
-                verdict = self._resource_verdict_of(index, groups, resource_verdicts)
+            if verdict is None:
+                verdict = evident.get(index)
             own[index] = (verdict, has_synthetic_type)
             if verdict is not None:
                 trace_id = record.trace_id
                 if trace_id:
                     learned.append((trace_id, verdict))
         memory.learn_many(learned, now)
-        if holding.count:  # records held earlier whose trace this request decides
+        if self.holding.count:  # records held earlier whose trace this request decides
             for trace_id, _ in learned:
-                if holding.waiting_for(trace_id):
-                    self._ready.extend(holding.take_trace(trace_id))
+                self._free_held(trace_id)
 
         # 2. Every record gets its trace's verdict (or unknown) appended, in C-level passes over the
         #    whole request; then the few that need more (own evidence, a possible rule match, a
@@ -235,14 +230,6 @@ class Pipeline:
         if held_from:
             stats.held = self._hold(held_from, groups, now)
         return view.SerializeToString(), stats
-
-    @staticmethod
-    def _resource_verdict_of(index: int, groups, resource_verdicts) -> Verdict | None:
-        for *_, scope_view, serialized in groups:
-            if index < len(serialized):
-                return resource_verdicts.get(id(scope_view))
-            index -= len(serialized)
-        return None
 
     def _resource_verdict(self, serialized: bytes, resource_logs) -> Verdict | None:
         """The verdict a resource's attributes give; resources repeat across requests, so it is cached."""
@@ -317,6 +304,10 @@ class Pipeline:
 
     def _learn(self, memory: TraceMemory, trace_id: bytes, verdict: Verdict, now: float) -> None:
         memory.learn(trace_id, verdict, now)
+        self._free_held(trace_id)
+
+    def _free_held(self, trace_id: bytes) -> None:
+        """The trace's held records, if any, are ready to go (its verdict is now known)."""
         if self.holding.waiting_for(trace_id):
             self._ready.extend(self.holding.take_trace(trace_id))
 

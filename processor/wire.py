@@ -58,13 +58,10 @@ def _view_classes():
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return tuple(
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"otlp_triage.wire.{name}"))
-        for name in ("RequestView", "ResourceLogsView")
-    )
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("otlp_triage.wire.RequestView"))
 
 
-RequestView, ResourceLogsView = _view_classes()
+RequestView = _view_classes()
 
 
 class Scanner:
@@ -86,10 +83,6 @@ class Scanner:
             )
             self._scratch = hyperscan.Scratch(self._database)
             self._lengths = [len(literal) for literal, _ in literals]
-
-    def found(self, text: bytes) -> set[int]:
-        """The ids of the literals that occur in ``text``."""
-        return self.found_in_each([text]).get(0, set())
 
     def found_in_each(self, texts: list[bytes]) -> dict[int, set[int]]:
         """Per text (by index; texts with no match left out), the ids of the literals that occur in it.

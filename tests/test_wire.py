@@ -127,7 +127,7 @@ def test_user_agent_from_needles_is_the_regex_decision(user_agent: str, upper: l
     if not mixed.isascii():
         return
     classifier = PIPELINES["default"].classifier
-    needles = PIPELINES["default"].evidence._needles.found(mixed.encode())
+    needles = PIPELINES["default"].evidence._needles.found_in_each([mixed.encode()]).get(0, set())
     assert classifier.user_agent_found(key, mixed.encode(), needles) is classifier._user_agent(key, mixed)
 
 

@@ -33,7 +33,7 @@ class Verdict:
     """
 
     __slots__ = (
-        "source", "name", "evidence", "confidence", "rank", "trace_rank", "attributes", "synthetic_type", "wire",
+        "source", "name", "evidence", "confidence", "rank", "trace_rank", "wire",
         "wire_typed", "origin", "_inherited",
     )
 
@@ -53,13 +53,11 @@ class Verdict:
         if evidence:
             attributes.append(string_attribute(SOURCE_EVIDENCE, evidence))
             attributes.append(string_attribute(SOURCE_CONFIDENCE, confidence))
-        self.attributes = tuple(attributes)
         synthetic_type = _SYNTHETIC_TYPE.get(source)
-        self.synthetic_type = string_attribute(SYNTHETIC_TYPE, synthetic_type) if synthetic_type else None
         # The enrichment as serialized LogRecord fields: merging these bytes into a record appends the
         # attributes in C, several times cheaper than copying KeyValue messages from Python.
         self.wire = LogRecord(attributes=attributes).SerializeToString()
-        typed = attributes + ([self.synthetic_type] if self.synthetic_type is not None else [])
+        typed = attributes + ([string_attribute(SYNTHETIC_TYPE, synthetic_type)] if synthetic_type else [])
         self.wire_typed = LogRecord(attributes=typed).SerializeToString()
         self._inherited: Verdict | None = None
 
