@@ -10,7 +10,7 @@ SCAN_STAMP := $(SCAN_VENV)/.installed
 
 .PHONY: run test bench fuzz setup clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py processor/_wire.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

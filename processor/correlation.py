@@ -12,8 +12,9 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import repeat
-from operator import attrgetter
+from functools import partial
+from itertools import islice, repeat, takewhile
+from operator import attrgetter, ge
 from dataclasses import dataclass, field
 
 from .classify.verdict import Verdict
@@ -85,9 +86,10 @@ class TraceMemory:
             verdict.inherited()  # made once per verdict, then read as an attribute
         self.expires.update(zip(trace_ids, repeat(now + self.ttl_s)))
         self.inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
-        while len(self.expires) > self.max_traces:
-            del self.inherited[self.expires.popitem(last=False)[0]]
-            self.evicted += 1
+        excess = len(self.expires) - self.max_traces
+        if excess > 0:
+            self._forget(excess)
+            self.evicted += excess
 
     def recall(self, trace_id: bytes, now: float) -> Verdict | None:
         until = self.expires.get(trace_id)
@@ -96,13 +98,16 @@ class TraceMemory:
         return self.inherited[trace_id].origin
 
     def expire(self, now: float) -> None:
-        expires = self.expires
-        while expires:
-            trace_id, until = next(iter(expires.items()))
-            if until > now:
-                break
-            expires.popitem(last=False)
-            del self.inherited[trace_id]
+        # Expiry times grow along the order (every update moves its trace to the end): the expired
+        # traces are a prefix, counted and dropped in C-level passes rather than one by one.
+        self._forget(len(list(takewhile(partial(ge, now), self.expires.values()))))
+
+    def _forget(self, count: int) -> None:
+        """Drop the ``count`` oldest traces."""
+        if count:
+            oldest = list(islice(self.expires, count))
+            deque(map(self.expires.pop, oldest), maxlen=0)
+            deque(map(self.inherited.pop, oldest), maxlen=0)
 
 
 @dataclass(eq=False)

@@ -69,27 +69,27 @@ class Limits:
     max_attributes: int = 256
     max_record_bytes: int = 1024 * 1024
 
-    def check(self, records: list[bytes], record_at) -> tuple[set[int], int, str]:
+    def check(self, sizes: list[int], record_at) -> tuple[set[int], int, str]:
         """Refuse a request with too many records; name the over-limit records (-> partial success).
 
-        ``records`` are the request's serialized records, ``record_at(i)`` the i-th decoded. Records
+        ``sizes`` are the request's serialized records' sizes, ``record_at(i)`` the i-th decoded. Records
         are rejected whole, never truncated: a truncated record would be silently wrong.
         """
-        if len(records) > self.max_records:
-            raise Rejected(INVALID, f"{len(records)} log records in one request; the limit is {self.max_records}")
+        if len(sizes) > self.max_records:
+            raise Rejected(INVALID, f"{len(sizes)} log records in one request; the limit is {self.max_records}")
         # Every attribute takes at least 2 bytes: only a record this large can break either limit.
         threshold = min(self.max_record_bytes, 2 * self.max_attributes)
-        if not records or max(map(len, records)) <= threshold:
+        if not sizes or max(sizes) <= threshold:
             return set(), 0, ""
         rejected = set()
         reasons = set()
-        for i, wire in enumerate(records):
-            if len(wire) <= threshold:
+        for i, size in enumerate(sizes):
+            if size <= threshold:
                 continue
-            if len(wire) > 2 * self.max_attributes and len(record_at(i).attributes) > self.max_attributes:
+            if size > 2 * self.max_attributes and len(record_at(i).attributes) > self.max_attributes:
                 rejected.add(i)
                 reasons.add(f"more than {self.max_attributes} attributes")
-            elif len(wire) > self.max_record_bytes:
+            elif size > self.max_record_bytes:
                 rejected.add(i)
                 reasons.add(f"larger than {self.max_record_bytes} bytes")
         if not rejected:
@@ -125,7 +125,7 @@ class Intake:
         # escapes (user_agent\u002eoriginal) that no byte search would find.
         wire = payload if encoding == PROTOBUF else request.SerializeToString()
         now = time.monotonic()
-        forward, stats = self.pipeline.process_wire(wire, now, request, self.limits)
+        forward, stats = self.pipeline.process_wire(wire, now, self.limits)
         if stats.rejected:
             self.metrics.records_rejected.labels("limits").inc(stats.rejected)
         for rule, count in stats.redactions.items():

@@ -3,8 +3,8 @@
 No I/O here: the intake hands a request in, serialized and decoded, and gets back the serialized
 request to forward (``process_wire``); time comes in as an argument. Everything that can be decided
 once (signatures, rules, prepared attributes and their bytes) is decided in ``Pipeline.__init__``.
-Records are written from their serialized form (``wire``), and read attribute by attribute only
-when the scan says they may matter (``evidence``).
+Records are read and written in their serialized form (``wire``); a record is decoded only when
+it may match a rule, holds a secret, or carries evidence the C walk does not settle (``evidence``).
 
 How a record's source is decided:
 1. its own attributes (marker header, monitor address, user agent, health path), else its
@@ -21,20 +21,21 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, repeat
-from operator import add, attrgetter, ge, not_
+from itertools import compress, repeat
+from operator import attrgetter, itemgetter, sub
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .classify import UNKNOWN, Classifier, Verdict
-from .classify.verdict import CERTAIN, SOURCE, SYNTHETIC_TYPE, string_attribute
+from .classify.verdict import CERTAIN, string_attribute
 from .correlation import Held, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
 from .redact import Redactor
 from .evidence import EvidenceReader
-from .wire import RequestView
+from . import wire
 
 ORIGINAL_SEVERITY_NUMBER = "triage.original_severity_number"
 ORIGINAL_SEVERITY_TEXT = "triage.original_severity_text"
@@ -42,13 +43,10 @@ RULE = "triage.rule"
 WOULD_DOWNGRADE = "triage.would_downgrade"
 DEBUG_SEVERITY_NUMBER = 5  # semantic conventions: exceptions that are not an actual issue SHOULD be DEBUG (5)
 
-# Records that set only severity_text (severity_number 0) still count as warnings and errors.
-_RESOURCE_CACHE_SIZE = 1024
-_TRACE_ID = attrgetter("trace_id")
-_SEVERITY = attrgetter("severity_number")
+_RESOURCE_CACHE_SIZE = 1024  # distinct resources (service, pod, ...) whose verdict is remembered
 _WIRE_TYPED = attrgetter("wire_typed")
-_NOTHING = (None, False)  # a record without evidence of its own: (verdict, has synthetic type)  # distinct resources (service, pod, ...) whose verdict is remembered
 
+# Records that set only severity_text (severity_number 0) still count as warnings and errors.
 _TEXT_SEVERITY = {"WARN": 13, "WARNING": 13, "ERROR": 17, "CRITICAL": 21, "FATAL": 21, "SEVERE": 17}
 
 
@@ -109,159 +107,106 @@ class Pipeline:
     def process(self, request: ExportLogsServiceRequest, now: float = 0.0, payload: bytes | None = None) -> Stats:
         """``process_wire`` on a decoded request, in place: held records are moved out of it."""
         wire = request.SerializeToString() if payload is None else payload
-        out, stats = self.process_wire(wire, now, request)
+        out, stats = self.process_wire(wire, now)
         request.Clear()
         request.ParseFromString(out)
         return stats
 
-    def process_wire(
-        self, payload: bytes, now: float, request: ExportLogsServiceRequest, limits=None
-    ) -> tuple[bytes, Stats]:
+    def process_wire(self, payload: bytes, now: float, limits=None) -> tuple[bytes, Stats]:
         """Classify, enrich, downgrade (and redact) the records of ``payload``; returns what to forward.
 
-        ``request`` is ``payload`` decoded (which validated it). Records are read from it, but
-        written from their serialized bytes (``wire.RequestView``): a record that needs only its
-        enrichment gets the prepared bytes appended, and nothing else is re-encoded. Only records
-        the scanner flags (evidence keys, health paths, secrets) have their attributes read.
-        ``limits`` (``Limits.check``) rejects records, which are then left out (partial success).
+        ``payload`` is a serialized ExportLogsServiceRequest that upb has decoded (which validated
+        it). It is read through ``wire.index`` and written by ``wire.assemble``: a record that
+        needs only its enrichment gets the prepared bytes appended, and nothing else is re-encoded.
+        Only records with evidence, a possible rule match, a secret or a problem are looked at in
+        Python. ``limits`` (``Limits.check``) rejects records, which are then left out (partial success).
         """
         stats = Stats()
-        view = RequestView.FromString(payload)
-        # (ResourceLogs, its view, ScopeLogs, its view, record bytes); records in request order.
-        groups = []
-        records: list[bytes] = []  # every record's bytes, in order: a record's index is its place here
-        messages: list[LogRecord] = []  # the same records, decoded
-        evident: dict[int, Verdict] = {}  # record -> its resource's verdict: every such record decides its trace
-        for resource_logs, resource_view in zip(request.resource_logs, view.resource_logs):
-            resource_verdict = self._resource_verdict(b"".join(resource_view.resource), resource_logs)
-            for scope_logs, scope_view in zip(resource_logs.scope_logs, resource_view.scope_logs):
-                serialized = list(scope_view.log_records)
-                if resource_verdict is not None:
-                    evident.update(zip(range(len(records), len(records) + len(serialized)), repeat(resource_verdict)))
-                groups.append((resource_logs, resource_view, scope_logs, scope_view, serialized))
-                records.extend(serialized)
-                messages.extend(scope_logs.log_records)
+        evidence = self.evidence.read(payload, self.rules.min_severity_number)
+        found = evidence.index
+        spans = found.spans
+        trace_ids = found.trace_ids
+        own, typed, upstream, secrets = evidence.own, evidence.typed, evidence.upstream, evidence.secrets
+
+        def record_at(i: int) -> LogRecord:
+            return LogRecord.FromString(payload[spans[2 * i] : spans[2 * i + 1]])
+
         rejected: set[int] = set()
         if limits is not None:
-            rejected, stats.rejected, stats.rejected_message = limits.check(records, messages.__getitem__)
-        scan = self.evidence.scan(records)
-        secrets = scan.secrets
+            sizes = list(map(sub, spans[1::2], spans[::2]))
+            rejected, stats.rejected, stats.rejected_message = limits.check(sizes, record_at)
+            for index in rejected:  # a rejected record teaches nothing
+                own.pop(index, None)
+        # A resource's evidence is its records' own, unless they have better.
+        for which, _, _, first, count in found.groups:
+            verdict = self._resource_verdict(found.resources[which])
+            if verdict is not None:
+                for index in range(first, first + count):
+                    if index not in own and index not in upstream and index not in rejected:
+                        own[index] = verdict
         memory = self.memory if self.memory is not None else TraceMemory(ttl_s=1.0, max_traces=1 << 30)
         memory.expire(now)  # so that every trace left in it is alive now
 
         # 1. Records with evidence of their own (or their resource's) decide their trace first, in
         #    request order, so that any record of the trace, earlier or later, can inherit it.
-        own: dict[int, tuple[Verdict | None, bool]] = {}  # index -> (verdict or None, has synthetic type)
-        upstream: dict[int, str] = {}  # index -> triage.source a processor upstream set
-        look = sorted(scan.flagged.union(evident)) if evident else sorted(scan.flagged)
-        read = self.evidence.read
-        learned: list[tuple[bytes, Verdict]] = []  # (trace, verdict), in request order
-        for index in look:
-            if index in rejected:
-                continue
-            record = messages[index]
-            verdict, has_synthetic_type = None, False
-            if index in scan.flagged:
-                found = read(scan, index)
-                if found is None:  # the bytes cannot settle it (e.g. triaged upstream): read it decoded
-                    verdict, has_synthetic_type, already = self._inspect(record)
-                    if already is not None:
-                        upstream[index] = already
-                        continue
-                else:
-                    verdict, has_synthetic_type = found
-            if verdict is None:
-                verdict = evident.get(index)
-            own[index] = (verdict, has_synthetic_type)
-            if verdict is not None:
-                trace_id = record.trace_id
-                if trace_id:
-                    learned.append((trace_id, verdict))
+        decided = sorted(own)
+        pairs = list(zip(map(trace_ids.__getitem__, decided), map(own.__getitem__, decided)))
+        learned = list(compress(pairs, map(itemgetter(0), pairs)))  # (trace, verdict) of records with a trace
         memory.learn_many(learned, now)
         if self.holding.count:  # records held earlier whose trace this request decides
             for trace_id, _ in learned:
                 self._free_held(trace_id)
 
-        # 2. Every record gets its trace's verdict (or unknown) appended, in C-level passes over the
-        #    whole request; then the few that need more (own evidence, a possible rule match, a
-        #    secret, a limit) are redone one by one.
-        inherited = list(map(memory.inherited.get, map(_TRACE_ID, messages), repeat(UNKNOWN)))
-        forward: list[bytes | None] = list(map(add, records, map(_WIRE_TYPED, inherited)))
-        severities = list(map(_SEVERITY, messages))
-        min_rule_severity = self.rules.min_severity_number
-        special = rejected | secrets | upstream.keys()
-        # Possible rule matches: severity at or above the rules' minimum, or none but a severity text.
-        special.update(compress(range(len(severities)), map(ge, severities, repeat(min_rule_severity))))
-        special.update(i for i in compress(range(len(severities)), map(not_, severities)) if messages[i].severity_text)
+        # 2. Every record's verdict: its own, else its trace's, else unknown; its enrichment appended
+        #    in C-level passes over the whole request. Then the few that need more (a possible rule
+        #    match, a secret, a limit, an upstream triage) are redone one by one.
+        verdicts = list(map(memory.inherited.get, trace_ids, repeat(UNKNOWN)))
+        if own:
+            verdicts = list(map(own.get, range(len(verdicts)), verdicts))
+        forward: list = list(map(_WIRE_TYPED, verdicts))
+        for index in typed:  # user_agent.synthetic.type is added unless the record has it
+            forward[index] = verdicts[index].wire
         held_from: list[tuple] = []  # (index, record, has synthetic type, rule)
         counts: dict[str, int] = {}  # redactions per rule
         redactor = self.redactor
-        for index, (verdict, has_synthetic_type) in own.items():
-            if index in special:
-                continue
-            # Evidence of its own, nothing more to do: its verdict, or else its trace's, appended.
-            if verdict is None:
-                verdict = inherited[index]
-            inherited[index] = verdict
-            forward[index] = records[index] + (verdict.wire if has_synthetic_type else verdict.wire_typed)
-        for index in sorted(special):
-            inherited[index] = None  # counted by _slow
-            done = self._slow(index, messages[index], records[index], own, rejected, upstream, memory, now, stats, held_from)
+        for index in sorted(rejected.union(secrets, upstream, found.candidates)):
+            verdicts[index] = None  # counted by _slow
+            wire_bytes = payload[spans[2 * index] : spans[2 * index + 1]]
+            done = self._slow(
+                index, record_at, wire_bytes, own.get(index), index in typed, rejected, upstream, memory, now, stats, held_from
+            )
             if done is not None and index in secrets:
                 done = redactor.redact_record_bytes(done, counts)
-            forward[index] = done
-        for verdict, n in Counter(inherited).items():
+            forward[index] = done if done is None else (done,)
+        for verdict, n in Counter(verdicts).items():
             if verdict is not None:
                 stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + n
                 stats.records += n
 
-        start = 0
-        for resource_logs, resource_view, scope_logs, scope_view, serialized in groups:
-            stop = start + len(serialized)
-            chunk = forward[start:stop]
-            del scope_view.log_records[:]
-            scope_view.log_records.extend(chunk if None not in chunk else [f for f in chunk if f is not None])
-            if redactor.active and resource_view.resource:
-                redacted = [redactor.redact_resource_bytes(part, counts) for part in resource_view.resource]
-                del resource_view.resource[:]
-                resource_view.resource.extend(redacted)
-            start = stop
+        resources = None
+        if redactor.active:
+            resources = {}
+            for which, resource in enumerate(found.resources):
+                redacted = redactor.redact_resource_bytes(resource, counts) if resource else resource
+                if redacted is not resource:
+                    resources[which] = redacted
         stats.redactions = counts
         if held_from:
-            stats.held = self._hold(held_from, groups, now)
-        return view.SerializeToString(), stats
+            stats.held = self._hold(held_from, payload, found.groups, now)
+        return wire.assemble(payload, forward, resources), stats
 
-    def _resource_verdict(self, serialized: bytes, resource_logs) -> Verdict | None:
+    def _resource_verdict(self, serialized: bytes) -> Verdict | None:
         """The verdict a resource's attributes give; resources repeat across requests, so it is cached."""
         cache = self._resource_verdicts
         if serialized in cache:
             return cache[serialized]
-        verdict = self.classifier.attributes(resource_logs.resource.attributes)
+        verdict = self.classifier.attributes(Resource.FromString(serialized).attributes) if serialized else None
         if len(cache) >= _RESOURCE_CACHE_SIZE:
             cache.clear()
         cache[serialized] = verdict
         return verdict
 
-    def _inspect(self, record) -> tuple[Verdict | None, bool, str | None]:
-        """A record's own evidence: (best verdict, has user_agent.synthetic.type, triage.source if already set)."""
-        classifier = self.classifier
-        evidence_keys = classifier.evidence_keys
-        verdict = None
-        has_synthetic_type = False
-        already = None
-        for kv in record.attributes:
-            key = kv.key
-            if key in evidence_keys:
-                found = classifier.evidence(key, kv.value)
-                if found is not None and (verdict is None or found.rank < verdict.rank):
-                    verdict = found
-            elif key == SYNTHETIC_TYPE:
-                has_synthetic_type = True
-            elif key == SOURCE:
-                already = kv.value.string_value
-        return verdict, has_synthetic_type, already
-
-    def _slow(self, index, record, wire, own, rejected, upstream, memory, now, stats, held_from):
+    def _slow(self, index, record_at, wire, verdict, has_synthetic_type, rejected, upstream, memory, now, stats, held_from):
         """One record that may match a rule, holds a secret, or was rejected: its bytes to forward, or None."""
         if index in rejected:
             return None
@@ -271,7 +216,7 @@ class Pipeline:
             _count(stats.by_source, already)
             stats.records += 1
             return wire
-        verdict, has_synthetic_type = own.get(index, _NOTHING)
+        record = record_at(index)
         rule = None
         severity = effective_severity(record)
         if severity >= self.rules.min_severity_number:
@@ -344,23 +289,23 @@ class Pipeline:
 
     # --- holding -----------------------------------------------------------------------------------------
 
-    def _hold(self, waiting: list[tuple], groups, now: float) -> int:
+    def _hold(self, waiting: list[tuple], payload: bytes, groups, now: float) -> int:
         """Keep records for their trace's evidence, each with a copy of the resource and scope it came in."""
         deadline = now + self.window_s
-        bounds = list(accumulate(len(group[-1]) for group in groups))
+        firsts = [group[3] for group in groups]
         skeletons: dict[int, tuple[ResourceLogs, int]] = {}  # group -> (skeleton, its size)
         for index, record, has_synthetic_type, rule in waiting:
-            g = bisect_right(bounds, index)
+            g = bisect_right(firsts, index) - 1
             skeleton = skeletons.get(g)
             if skeleton is None:
-                resource_logs, _, scope_logs, _, _ = groups[g]
+                _, (rl_start, rl_end), (sl_start, sl_end), _, _ = groups[g]
+                resource_logs = ResourceLogs.FromString(payload[rl_start:rl_end])
+                scope_logs = ScopeLogs.FromString(payload[sl_start:sl_end])
                 group = ResourceLogs(resource=resource_logs.resource, schema_url=resource_logs.schema_url)
                 group.scope_logs.add(scope=scope_logs.scope, schema_url=scope_logs.schema_url)
                 skeleton = skeletons[g] = (group, group.ByteSize())
-            copy = LogRecord()
-            copy.CopyFrom(record)
             self.holding.hold(
-                copy.trace_id, Held(copy, skeleton[0], rule, has_synthetic_type, deadline, copy.ByteSize() + skeleton[1])
+                record.trace_id, Held(record, skeleton[0], rule, has_synthetic_type, deadline, record.ByteSize() + skeleton[1])
             )
         return len(waiting)
 

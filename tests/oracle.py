@@ -29,7 +29,7 @@ class ReferencePipeline(Pipeline):
             resource_verdict = classifier.attributes(resource_logs.resource.attributes)
             for scope_logs in resource_logs.scope_logs:
                 for index, record in enumerate(scope_logs.log_records):
-                    verdict, has_synthetic_type, already = self._inspect(record)
+                    verdict, has_synthetic_type, already = self.evidence.decoded(record)
                     if already is not None:
                         stats.by_source[already] = stats.by_source.get(already, 0) + 1
                         stats.records += 1

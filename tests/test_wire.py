@@ -19,7 +19,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor.config import Config
 from processor.redact import Redactor
 from processor.service import build_pipeline
-from processor.wire import attribute_value, attribute_with_string_at, field_containing, string_value, varint
+from processor import wire
+from processor.wire import string_value
 
 from .corpus import generate
 from .fuzz import strategies as gen
@@ -57,7 +58,7 @@ def run_timed(name: str, requests: list[tuple[float, bytes]], step: float) -> in
     compared = 0
     now = 0.0
     for now, payload in requests:
-        forwarded, stats = wire_pipeline.process_wire(payload, now, ExportLogsServiceRequest.FromString(payload))
+        forwarded, stats = wire_pipeline.process_wire(payload, now)
         expected = ExportLogsServiceRequest.FromString(payload)
         expected_stats = oracle.process(expected, now)
         assert ExportLogsServiceRequest.FromString(forwarded) == expected
@@ -97,22 +98,22 @@ def test_random_request_sequences_agree(requests: list[ExportLogsServiceRequest]
     run_both(name, [r.SerializeToString() for r in requests])
 
 
+def _own(pipeline, payload: bytes, record: int = 0) -> tuple:
+    """What ``EvidenceReader.read`` says of one record: (verdict, has synthetic type, upstream triage)."""
+    found = pipeline.evidence.read(payload, pipeline.rules.min_severity_number)
+    return found.own.get(record), record in found.typed, found.upstream.get(record)
+
+
 @_settings(200)
 @given(gen.log_records())
 def test_evidence_read_from_bytes_is_the_decoded_records(record: LogRecord) -> None:
-    """Every record's (verdict, has synthetic type) read from its bytes equals the attribute loop's."""
+    """Every record's (verdict, has synthetic type) read from its bytes equals the attribute loop's; a
+    record triaged upstream is passed on untouched, so only that is said of it."""
     for pipeline in PIPELINES.values():
-        serialized = record.SerializeToString()
-        scan = pipeline.evidence.scan([serialized])
-        expected = pipeline._inspect(record)
-        if 0 not in scan.flagged:
-            assert expected[0] is None and not expected[1] and expected[2] is None
-            continue
-        found = pipeline.evidence.read(scan, 0)
+        expected = pipeline.evidence.decoded(record)
         if expected[2] is not None:
-            assert found is None  # triaged upstream: read in full instead
-        elif found is not None:  # None: the bytes could not say for sure; the decoded record decides
-            assert found == expected[:2]
+            expected = (None, False, expected[2])
+        assert _own(pipeline, _request(record)) == expected
 
 
 @_settings(300)
@@ -131,88 +132,200 @@ def test_user_agent_from_needles_is_the_regex_decision(user_agent: str, upper: l
     assert classifier.user_agent_found(key, mixed.encode(), needles) is classifier._user_agent(key, mixed)
 
 
-# --- the byte-level readers ------------------------------------------------------------------------------
+# --- the C walk (processor/_wire.c) ----------------------------------------------------------------------
 
 
-def _record(*attributes: KeyValue, body: AnyValue | None = None) -> bytes:
-    record = LogRecord(time_unix_nano=1, severity_number=9, trace_id=b"t" * 16, attributes=list(attributes))
+def _record(*attributes: KeyValue, body: AnyValue | None = None, severity: int = 9, text: str = "INFO") -> LogRecord:
+    record = LogRecord(time_unix_nano=1, severity_number=severity, severity_text=text, trace_id=b"t" * 16, attributes=list(attributes))
     if body is not None:
         record.body.CopyFrom(body)
-    return record.SerializeToString()
+    return record
+
+
+def _request(*records: LogRecord) -> bytes:
+    request = ExportLogsServiceRequest()
+    request.resource_logs.add().scope_logs.add().log_records.extend(records)
+    return request.SerializeToString()
 
 
 def _kv(key: str, text: str) -> KeyValue:
     return KeyValue(key=key, value=AnyValue(string_value=text))
 
 
+def _field(number: int, content: bytes) -> bytes:
+    """A length-delimited field, hand-encoded (for shapes the SDK never writes)."""
+    return _tag(number, 2) + _varint(len(content)) + content
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 @pytest.mark.parametrize("length", [0, 1, 100, 127, 128, 300, 16383, 16384, 70000])
-def test_attribute_value_reads_every_length(length: int) -> None:
-    text = "u" * length
-    buf = _record(_kv("a", "x"), _kv("user_agent.original", text), _kv("b", "y"))
-    at = buf.index(b"user_agent.original")
-    framed = attribute_value(buf, at, b"user_agent.original", 0, len(buf))
-    assert framed is not None
-    frame_at, value_at, end = framed
-    assert field_containing(buf, 0, len(buf), at) == frame_at
-    assert AnyValue.FromString(buf[value_at:end]).string_value == text
-    begin, end = string_value(buf, value_at, end)
-    assert buf[begin:end] == text.encode()
+def test_a_user_agent_of_every_length_is_read(length: int) -> None:
+    text = "Datadog/Synthetics " + "u" * length
+    kv = _kv("user_agent.original", text)
+    record = _record(_kv("a", "x"), kv, _kv("b", "y"))
+    pipeline = PIPELINES["default"]
+    evidence = pipeline.evidence
+    found = wire.index(_request(record), evidence._keys, evidence._kinds, evidence._health_paths, 13)
+    assert found.solo_records == [0]
+    assert found.solo_keys == [bytes((evidence._names.index("user_agent.original"),)) + kv.value.SerializeToString()]
+    assert _own(pipeline, _request(record)) == evidence.decoded(record)
+    assert _own(pipeline, _request(record))[0].source == "synthetic"
+    assert string_value(kv.value.SerializeToString()) == text.encode()
 
 
-def test_a_key_in_a_body_or_a_map_is_not_an_attribute() -> None:
+def test_a_key_in_a_body_a_map_or_a_bytes_value_is_not_evidence() -> None:
     nested = AnyValue(kvlist_value=KeyValueList(values=[_kv("user_agent.original", DATADOG)]))
-    for buf in (
+    inner = _record(_kv("user_agent.original", DATADOG)).SerializeToString()
+    for record in (
         _record(body=AnyValue(string_value="user_agent.original: " + DATADOG)),
         _record(body=nested),
         _record(KeyValue(key="headers", value=nested)),
         _record(_kv("note", "user_agent.original")),
+        _record(KeyValue(key="payload", value=AnyValue(bytes_value=inner))),
+        _record(body=AnyValue(bytes_value=inner)),
     ):
-        at = buf.index(b"user_agent.original")
-        assert attribute_value(buf, at, b"user_agent.original", 0, len(buf)) is None
-
-
-def test_a_serialized_attribute_inside_a_bytes_value_is_not_evidence() -> None:
-    """A bytes value (or body) holding a serialized record holds correctly framed attributes: not this record's."""
-    inner = _record(_kv("user_agent.original", DATADOG))
-    for outer in (
-        LogRecord.FromString(_record(KeyValue(key="payload", value=AnyValue(bytes_value=inner)))),
-        LogRecord.FromString(_record(body=AnyValue(bytes_value=inner))),
-    ):
-        buf = outer.SerializeToString()
-        at = buf.index(b"user_agent.original")
-        framed = attribute_value(buf, at, b"user_agent.original", 0, len(buf))
-        assert framed is not None  # the frame is there...
-        assert framed[0] != field_containing(buf, 0, len(buf), at)  # ...but not as a field of this record
         for pipeline in PIPELINES.values():
-            scan = pipeline.evidence.scan([buf])
-            assert pipeline._inspect(outer)[:2] == (None, False)
-            # Ignored (inside the body), or left to the decoded record (inside an attribute's value).
-            assert pipeline.evidence.read(scan, 0) in ((None, False), None)
+            assert _own(pipeline, _request(record)) == pipeline.evidence.decoded(record) == (None, False, None)
 
 
-def test_an_attribute_must_lie_inside_its_record() -> None:
-    buf = _record(_kv("user_agent.original", DATADOG))
-    at = buf.index(b"user_agent.original")
-    assert attribute_value(buf, at, b"user_agent.original", 0, len(buf)) is not None
-    assert attribute_value(buf, at, b"user_agent.original", at - 1, len(buf)) is None  # frame before the start
-    assert attribute_value(buf, at, b"user_agent.original", 0, len(buf) - 30) is None  # value past the end
+def test_what_the_walk_does_not_model_is_read_decoded() -> None:
+    """A KeyValue whose key is given twice (protobuf keeps the last), or a record triaged upstream."""
+    ua = AnyValue(string_value=DATADOG).SerializeToString()
+    twice = _field(1, b"note") + _field(1, b"user_agent.original") + _field(2, ua)
+    record_bytes = _record().SerializeToString() + _field(6, twice)
+    upstream = _record(_kv("triage.source", "synthetic"), _kv("user_agent.original", DATADOG))
+    payload = _field(1, _field(2, _field(2, record_bytes) + _field(2, upstream.SerializeToString())))
+    pipeline = PIPELINES["default"]
+    evidence = pipeline.evidence
+    found = wire.index(payload, evidence._keys, evidence._kinds, evidence._health_paths, 13)
+    assert found.odd == [0, 1]
+    decoded = ExportLogsServiceRequest.FromString(payload).resource_logs[0].scope_logs[0].log_records
+    assert decoded[0].attributes[0].key == "user_agent.original"
+    assert _own(pipeline, payload, 0) == evidence.decoded(decoded[0])
+    assert _own(pipeline, payload, 0)[0].source == "synthetic"
+    assert _own(pipeline, payload, 1) == (None, False, "synthetic")
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/healthz?probe=1", "/healthz/", "/healthz?" + "x" * 200])
-def test_attribute_with_string_at_finds_the_path_attribute(path: str) -> None:
-    buf = _record(_kv("http.request.method", "GET"), _kv("url.path", path), body=AnyValue(string_value="GET /healthz"))
-    starts = [i for i in range(len(buf)) if buf.startswith(b"/healthz", i)]
-    found = [attribute_with_string_at(buf, i, (b"http.route", b"url.path"), 0, len(buf)) for i in starts]
-    assert found[0] is None  # the body's mention
-    key, end, frame_at = found[1]
-    assert (key, end) == (b"url.path", buf.rindex(path.encode()) + len(path.encode()))
-    assert field_containing(buf, 0, len(buf), starts[1]) == frame_at
+@pytest.mark.parametrize(
+    "path, reported",
+    [("/healthz", True), ("/healthz?probe=1", True), ("/healthz/", True), ("/healthz-insurance", True), ("/products", False)],
+)
+def test_only_a_path_that_starts_like_a_health_path_is_reported(path: str, reported: bool) -> None:
+    """The classifier decides (/healthz-insurance is not /healthz); paths that cannot be one cost no Python."""
+    pipeline = PIPELINES["default"]
+    evidence = pipeline.evidence
+    assert evidence._health_paths  # the default configuration has health paths
+    record = _record(_kv("http.request.method", "GET"), _kv("url.path", path), body=AnyValue(string_value="GET /healthz"))
+    found = wire.index(_request(record), evidence._keys, evidence._kinds, evidence._health_paths, 13)
+    assert bool(found.hits) is reported
+    assert _own(pipeline, _request(record)) == evidence.decoded(record)
 
 
-def test_varint_round_trips() -> None:
-    for n in (0, 1, 127, 128, 255, 300, 16383, 16384, 2**21, 2**28 + 5):
-        encoded = varint(n)
-        assert AnyValue.FromString(b"\x18" + encoded).int_value == n  # field 3, varint
+def _unknown_fields() -> bytes:
+    """Fields no OTLP message defines, of every wire type, a group with a nested group among them."""
+    group = _tag(101, 3) + _tag(7, 0) + b"\x01" + _tag(8, 3) + _tag(9, 5) + b"abcd" + _tag(8, 4) + _tag(101, 4)
+    return _tag(100, 0) + b"\x96\x01" + _tag(102, 1) + b"12345678" + _field(103, b"zz") + group
+
+
+def test_unknown_fields_are_skipped_and_forwarded_as_they_came() -> None:
+    extra = _unknown_fields()
+    kv = _field(1, b"user_agent.original") + _field(2, AnyValue(string_value=DATADOG).SerializeToString()) + extra
+    record = _record(severity=17, text="ERROR").SerializeToString() + _field(6, kv) + extra
+    scope = _field(2, record) + extra
+    resource_logs = _field(2, scope) + extra
+    payload = _field(1, resource_logs) + extra
+    decoded = ExportLogsServiceRequest.FromString(payload)  # upb keeps unknown fields: valid
+    pipeline = PIPELINES["default"]
+    evidence = pipeline.evidence
+    found = wire.index(payload, evidence._keys, evidence._kinds, evidence._health_paths, 13)
+    assert found.solo_records == [0] and found.candidates == [0] and found.trace_ids == [b"t" * 16]
+    assert wire.assemble(payload, [b""]) == payload
+    enriched = ExportLogsServiceRequest.FromString(wire.assemble(payload, [_kv("k", "v").SerializeToString() and
+                                                                        LogRecord(attributes=[_kv("k", "v")]).SerializeToString()]))
+    expected = ExportLogsServiceRequest()
+    expected.CopyFrom(decoded)
+    expected.resource_logs[0].scope_logs[0].log_records[0].attributes.append(_kv("k", "v"))
+    assert enriched == expected
+
+
+def test_index_reports_spans_trace_ids_candidates_and_groups() -> None:
+    request = ExportLogsServiceRequest()
+    first = request.resource_logs.add()
+    first.resource.attributes.append(_kv("service.name", "a"))
+    first.scope_logs.add().log_records.extend([_record(severity=17, text="ERROR"), LogRecord(body=AnyValue(string_value="x"))])
+    first.scope_logs.add().log_records.append(LogRecord(severity_text="Warning"))
+    request.resource_logs.add().scope_logs.add().log_records.append(_record(severity=13, text="WARN"))
+    payload = request.SerializeToString()
+    found = wire.index(payload, (), b"", (), 13)
+    assert found.trace_ids == [b"t" * 16, b"", b"", b"t" * 16]
+    assert found.candidates == [0, 2, 3]  # ERROR, a severity text alone, WARN
+    assert [(which, first, count) for which, _, _, first, count in found.groups] == [(0, 0, 2), (0, 2, 1), (1, 3, 1)]
+    assert found.resources == [first.resource.SerializeToString(), b""]
+    records = [r for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+    assert [payload[found.spans[2 * i] : found.spans[2 * i + 1]] for i in range(4)] == [r.SerializeToString() for r in records]
+
+
+def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:
+    request = ExportLogsServiceRequest()
+    group = request.resource_logs.add()
+    group.resource.attributes.append(_kv("secret", "s3cret"))
+    group.scope_logs.add().log_records.extend([_record(_kv("n", "0")), _record(_kv("n", "1")), _record(_kv("n", "2"))])
+    request.resource_logs.add().scope_logs.add().log_records.append(_record(_kv("n", "3")))
+    payload = request.SerializeToString()
+    added = LogRecord(attributes=[_kv("triage.source", "user")]).SerializeToString()
+    replacement = _record(_kv("n", "replaced" * 40))  # longer: its length prefix and its parents' grow
+    resource = group.resource.__class__(attributes=[_kv("secret", "[REDACTED]")])
+    out = ExportLogsServiceRequest.FromString(
+        wire.assemble(payload, [added, None, (replacement.SerializeToString(),), b""], {0: resource.SerializeToString()})
+    )
+    expected = ExportLogsServiceRequest()
+    expected.CopyFrom(request)
+    records = expected.resource_logs[0].scope_logs[0].log_records
+    records[0].attributes.append(_kv("triage.source", "user"))
+    del records[1]
+    records[1].CopyFrom(replacement)
+    expected.resource_logs[0].resource.CopyFrom(resource)
+    assert out == expected
+    with pytest.raises(ValueError):
+        wire.assemble(payload, [b""] * 3)
+    with pytest.raises(ValueError):
+        wire.assemble(payload, [b""] * 5)
+    with pytest.raises(TypeError):
+        wire.assemble(payload, ["text"] * 4)
+
+
+@_settings(300)
+@given(gen.requests(max_resources=2, max_records=4), st.data())
+def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLogsServiceRequest, data) -> None:
+    """Whatever upb accepts, the walk reads and writes back unchanged; what it refuses, index refuses too (no crash)."""
+    payload = bytearray(request.SerializeToString())
+    if payload:
+        for _ in range(data.draw(st.integers(1, 3))):
+            payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+    payload = bytes(payload)
+    try:
+        decoded = ExportLogsServiceRequest.FromString(payload)
+    except Exception:
+        try:
+            wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (b"/healthz",), 13)
+        except ValueError:
+            pass
+        return
+    found = wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (b"/healthz",), 13)
+    assert len(found.trace_ids) == sum(len(sl.log_records) for rl in decoded.resource_logs for sl in rl.scope_logs)
+    assert ExportLogsServiceRequest.FromString(wire.assemble(payload, [b""] * len(found.trace_ids))) == decoded
 
 
 def test_redaction_on_the_wire_path_matches_redacting_the_decoded_request() -> None:
@@ -222,11 +335,11 @@ def test_redaction_on_the_wire_path_matches_redacting_the_decoded_request() -> N
     oracle = reference_of(build_pipeline(Config.from_env({})))
     request = ExportLogsServiceRequest()
     records = request.resource_logs.add().scope_logs.add().log_records
-    records.add().CopyFrom(LogRecord.FromString(_record(_kv("http.request.header.cookie", "appSession=abc"))))
-    records.add().CopyFrom(LogRecord.FromString(_record(_kv("msg", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"))))
-    records.add().CopyFrom(LogRecord.FromString(_record(_kv("user_agent.original", DATADOG))))
+    records.add().CopyFrom(_record(_kv("http.request.header.cookie", "appSession=abc")))
+    records.add().CopyFrom(_record(_kv("msg", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln")))
+    records.add().CopyFrom(_record(_kv("user_agent.original", DATADOG)))
     payload = request.SerializeToString()
-    forwarded, stats = pipeline.process_wire(payload, 0.0, ExportLogsServiceRequest.FromString(payload))
+    forwarded, stats = pipeline.process_wire(payload, 0.0)
     expected = ExportLogsServiceRequest.FromString(payload)
     oracle.process(expected, 0.0)
     counts: dict[str, int] = {}

@@ -1,0 +1,639 @@
+/* The two passes over a serialized ExportLogsServiceRequest that every request needs, in C.
+ *
+ * Per record, Python's share of the work has to stay below a microsecond for the processor to cost
+ * less than a bytes relay plus a protobuf parse; reading each record's fields in Python costs
+ * several. So:
+ *
+ * - index() walks request -> ResourceLogs -> ScopeLogs -> LogRecord -> KeyValue and reports, per
+ *   record, only what the pipeline decides on: where it lies, its trace id, whether a downgrade
+ *   rule could apply (severity), and its attributes whose key is one the classifier reads.
+ * - assemble() writes the request to forward: each record with bytes appended (its enrichment;
+ *   protobuf merges a repeated field's later entries into the same message), replaced, or left
+ *   out, and every enclosing length prefix recomputed.
+ *
+ * The request was decoded by upb before (that is what validates it and answers 400), so a
+ * malformed buffer here is a bug: it raises ValueError rather than guessing. Anything protobuf
+ * would merge in a way this walk does not model (a KeyValue whose key or value occurs twice, a
+ * known field with an unexpected wire type) makes the record "odd": the caller decides it from
+ * the decoded record instead. Field numbers are those of opentelemetry/proto (logs.proto,
+ * common.proto, logs_service.proto).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_KEYS 250          /* key ids fit in one byte (the user-agent cache key's prefix) */
+#define MAX_HITS 32           /* more evidence attributes than this in one record: decided decoded */
+#define MAX_GROUP_DEPTH 64
+
+enum kind { KIND_EVIDENCE = 0, KIND_PATH = 1, KIND_USER_AGENT = 2, KIND_ODD = 3 };
+
+typedef struct {
+    uint32_t number;
+    int wire_type;
+    Py_ssize_t tag_at;        /* where the field's tag starts */
+    Py_ssize_t start, end;    /* length-delimited: the content; otherwise empty at the value's end */
+    uint64_t value;           /* varint fields */
+} field_t;
+
+static int read_varint(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *at < stop; shift += 7) {
+        uint8_t b = buf[(*at)++];
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (b < 0x80) {
+            *out = v;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int next_field(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, field_t *f);
+
+/* Unknown fields may be groups (upb keeps them): skip to the matching end tag. */
+static int skip_group(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, uint32_t number, int depth)
+{
+    if (depth > MAX_GROUP_DEPTH)
+        return 0;
+    while (*at < stop) {
+        field_t f;
+        Py_ssize_t tag_at = *at;
+        uint64_t tag;
+        if (!read_varint(buf, at, stop, &tag))
+            return 0;
+        if ((tag & 7) == 4)
+            return (tag >> 3) == number;
+        if ((tag & 7) == 3) {
+            if (!skip_group(buf, at, stop, (uint32_t)(tag >> 3), depth + 1))
+                return 0;
+            continue;
+        }
+        *at = tag_at;
+        if (!next_field(buf, at, stop, &f))
+            return 0;
+    }
+    return 0;
+}
+
+/* Reads the field at *at; returns 0 if the bytes are not a well-formed field. */
+static int next_field(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, field_t *f)
+{
+    uint64_t tag, length;
+    f->tag_at = *at;
+    if (!read_varint(buf, at, stop, &tag) || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF)
+        return 0;
+    f->number = (uint32_t)(tag >> 3);
+    f->wire_type = (int)(tag & 7);
+    f->value = 0;
+    switch (f->wire_type) {
+    case 0:
+        if (!read_varint(buf, at, stop, &f->value))
+            return 0;
+        break;
+    case 1:
+        if (stop - *at < 8)
+            return 0;
+        *at += 8;
+        break;
+    case 5:
+        if (stop - *at < 4)
+            return 0;
+        *at += 4;
+        break;
+    case 2:
+        if (!read_varint(buf, at, stop, &length) || length > (uint64_t)(stop - *at))
+            return 0;
+        f->start = *at;
+        *at += (Py_ssize_t)length;
+        f->end = *at;
+        return 1;
+    case 3:
+        if (!skip_group(buf, at, stop, f->number, 0))
+            return 0;
+        break;
+    default:
+        return 0;
+    }
+    f->start = f->end = *at;
+    return 1;
+}
+
+static int malformed(void)
+{
+    PyErr_SetString(PyExc_ValueError, "malformed ExportLogsServiceRequest (it should have been validated)");
+    return 0;
+}
+
+/* --- index ----------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject *keys;           /* tuple of bytes: the attribute keys to report, a key's id its index */
+    const char *kinds;        /* enum kind per key */
+    Py_ssize_t nkeys;
+    PyObject *health_paths;   /* tuple of bytes: a path key is reported only if its string starts with one */
+    long long min_severity;   /* records at or above it (or with only a severity text) may match a rule */
+} wanted_t;
+
+typedef struct {
+    int key;
+    Py_ssize_t start, end;    /* the AnyValue */
+} hit_t;
+
+typedef struct {
+    PyObject *spans;          /* bytearray: uint32 start, end of each record's content */
+    PyObject *trace_ids;
+    PyObject *candidates;
+    PyObject *solo_records;   /* records whose only evidence is one user agent ... */
+    PyObject *solo_keys;      /* ... and its cache key: key id byte + AnyValue bytes */
+    PyObject *hits;           /* (record, key id, AnyValue bytes) of every other record's evidence */
+    PyObject *odd;
+    PyObject *groups;         /* per ScopeLogs: (resource_logs index, ResourceLogs span, ScopeLogs span, first record, count) */
+    PyObject *resources;      /* per ResourceLogs: its resource's bytes (every occurrence, joined) */
+} index_t;
+
+static int key_of(const wanted_t *w, const uint8_t *p, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < w->nkeys; i++) {
+        PyObject *key = PyTuple_GET_ITEM(w->keys, i);
+        if (PyBytes_GET_SIZE(key) == n && memcmp(PyBytes_AS_STRING(key), p, (size_t)n) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+/* A path is evidence only if it is a health path (exact, up to a query, fragment or trailing slash):
+ * a plain string that does not even start with one is not worth a Python call. */
+static int may_be_health_path(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t end)
+{
+    Py_ssize_t at = start;
+    uint64_t length;
+    if (at >= end || buf[at] != 0x0A)
+        return 1; /* not a plain string_value: the classifier decides */
+    at++;
+    if (!read_varint(buf, &at, end, &length) || at + (Py_ssize_t)length != end)
+        return 1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(w->health_paths); i++) {
+        PyObject *path = PyTuple_GET_ITEM(w->health_paths, i);
+        Py_ssize_t n = PyBytes_GET_SIZE(path);
+        if (n <= (Py_ssize_t)length && memcmp(buf + at, PyBytes_AS_STRING(path), (size_t)n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int append_new(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return 0;
+    int failed = PyList_Append(list, item);
+    Py_DECREF(item);
+    return failed == 0;
+}
+
+/* One KeyValue: its key's id (or -1) and its AnyValue; 0 = odd (key or value twice, unusual wire types). */
+static int read_attribute(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, hit_t *hit, int *ok)
+{
+    Py_ssize_t at = start;
+    int keys = 0, values = 0;
+    Py_ssize_t key_start = start, key_end = start;
+    hit->start = hit->end = stop;
+    *ok = 1;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f)) {
+            *ok = 0;
+            return 0;
+        }
+        if (f.number == 1) {
+            if (f.wire_type != 2 || keys++)
+                return 0;
+            key_start = f.start;
+            key_end = f.end;
+        } else if (f.number == 2) {
+            if (f.wire_type != 2 || values++)
+                return 0;
+            hit->start = f.start;
+            hit->end = f.end;
+        }
+    }
+    hit->key = key_of(w, buf + key_start, key_end - key_start);
+    return 1;
+}
+
+static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long record, index_t *out)
+{
+    Py_ssize_t at = start;
+    Py_ssize_t trace_start = start, trace_end = start;
+    long long severity = 0;
+    int has_text = 0, odd = 0, nhits = 0;
+    hit_t hits[MAX_HITS];
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            return malformed();
+        switch (f.number) {
+        case 2: /* severity_number: an int32 enum; the last occurrence wins */
+            if (f.wire_type != 0)
+                odd = 1;
+            severity = (long long)(int32_t)(uint32_t)f.value;
+            break;
+        case 3: /* severity_text */
+            if (f.wire_type != 2)
+                odd = 1;
+            has_text = f.end > f.start;
+            break;
+        case 6: { /* attributes */
+            hit_t hit;
+            int ok;
+            if (f.wire_type != 2) {
+                odd = 1;
+                break;
+            }
+            if (!read_attribute(w, buf, f.start, f.end, &hit, &ok)) {
+                if (!ok)
+                    return malformed();
+                odd = 1;
+                break;
+            }
+            if (hit.key < 0 || odd)
+                break;
+            if (w->kinds[hit.key] == KIND_ODD || nhits == MAX_HITS) {
+                odd = 1;
+                break;
+            }
+            if (w->kinds[hit.key] == KIND_PATH && !may_be_health_path(w, buf, hit.start, hit.end))
+                break;
+            hits[nhits++] = hit;
+            break;
+        }
+        case 9: /* trace_id */
+            if (f.wire_type != 2)
+                odd = 1;
+            trace_start = f.start;
+            trace_end = f.end;
+            break;
+        default:
+            break;
+        }
+    }
+    uint32_t span[2] = {(uint32_t)start, (uint32_t)stop};
+    Py_ssize_t used = PyByteArray_GET_SIZE(out->spans);
+    if (PyByteArray_Resize(out->spans, used + (Py_ssize_t)sizeof span) < 0)
+        return 0;
+    memcpy(PyByteArray_AS_STRING(out->spans) + used, span, sizeof span);
+    if (!append_new(out->trace_ids, PyBytes_FromStringAndSize((const char *)buf + trace_start, trace_end - trace_start)))
+        return 0;
+    if (severity >= w->min_severity || (severity == 0 && has_text)) {
+        if (!append_new(out->candidates, PyLong_FromLong(record)))
+            return 0;
+    }
+    if (odd)
+        return append_new(out->odd, PyLong_FromLong(record));
+    if (nhits == 1 && w->kinds[hits[0].key] == KIND_USER_AGENT) {
+        Py_ssize_t n = hits[0].end - hits[0].start;
+        PyObject *key = PyBytes_FromStringAndSize(NULL, n + 1);
+        if (key == NULL)
+            return 0;
+        PyBytes_AS_STRING(key)[0] = (char)hits[0].key;
+        memcpy(PyBytes_AS_STRING(key) + 1, buf + hits[0].start, (size_t)n);
+        return append_new(out->solo_records, PyLong_FromLong(record)) && append_new(out->solo_keys, key);
+    }
+    for (int i = 0; i < nhits; i++) {
+        PyObject *value = PyBytes_FromStringAndSize((const char *)buf + hits[i].start, hits[i].end - hits[i].start);
+        if (value == NULL || !append_new(out->hits, Py_BuildValue("liN", record, hits[i].key, value)))
+            return 0;
+    }
+    return 1;
+}
+
+static int index_scope_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long *records, index_t *out)
+{
+    Py_ssize_t at = start;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            return malformed();
+        if (f.number == 2 && f.wire_type == 2) {
+            if (!index_record(w, buf, f.start, f.end, *records, out))
+                return 0;
+            (*records)++;
+        }
+    }
+    return 1;
+}
+
+static int index_resource_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long which, long *records, index_t *out)
+{
+    Py_ssize_t at = start;
+    PyObject *resource = PyBytes_FromStringAndSize(NULL, 0);
+    if (resource == NULL)
+        return 0;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f)) {
+            Py_DECREF(resource);
+            return malformed();
+        }
+        if (f.number == 1 && f.wire_type == 2) {
+            PyBytes_ConcatAndDel(&resource, PyBytes_FromStringAndSize((const char *)buf + f.start, f.end - f.start));
+            if (resource == NULL)
+                return 0;
+        } else if (f.number == 2 && f.wire_type == 2) {
+            long first = *records;
+            if (!index_scope_logs(w, buf, f.start, f.end, records, out)) {
+                Py_DECREF(resource);
+                return 0;
+            }
+            PyObject *group = Py_BuildValue(
+                "l(nn)(nn)ll", which, start, stop, f.start, f.end, first, *records - first);
+            if (!append_new(out->groups, group)) {
+                Py_DECREF(resource);
+                return 0;
+            }
+        }
+    }
+    return append_new(out->resources, resource);
+}
+
+static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer payload;
+    wanted_t w;
+    PyObject *kinds;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!L", &payload, &PyTuple_Type, &w.keys, &PyBytes_Type, &kinds,
+                          &PyTuple_Type, &w.health_paths, &w.min_severity))
+        return NULL;
+    w.nkeys = PyTuple_GET_SIZE(w.keys);
+    w.kinds = PyBytes_AS_STRING(kinds);
+    PyObject *result = NULL;
+    if (w.nkeys > MAX_KEYS || PyBytes_GET_SIZE(kinds) != w.nkeys) {
+        PyErr_SetString(PyExc_ValueError, "keys and kinds must have the same length, at most 250");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < w.nkeys; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(w.keys, i))) {
+            PyErr_SetString(PyExc_TypeError, "keys must be bytes");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(w.health_paths); i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(w.health_paths, i))) {
+            PyErr_SetString(PyExc_TypeError, "health paths must be bytes");
+            goto done;
+        }
+    }
+    if (payload.len > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "request larger than 4 GiB");
+        goto done;
+    }
+    index_t out = {
+        PyByteArray_FromStringAndSize(NULL, 0), PyList_New(0), PyList_New(0), PyList_New(0),
+        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0),
+    };
+    PyObject **parts = &out.spans;
+    int made = 1;
+    for (int i = 0; i < 9; i++)
+        made &= parts[i] != NULL;
+    if (made) {
+        const uint8_t *buf = payload.buf;
+        Py_ssize_t at = 0, stop = payload.len;
+        long records = 0, which = 0;
+        int ok = 1;
+        while (ok && at < stop) {
+            field_t f;
+            if (!next_field(buf, &at, stop, &f))
+                ok = malformed();
+            else if (f.number == 1 && f.wire_type == 2)
+                ok = index_resource_logs(&w, buf, f.start, f.end, which++, &records, &out);
+        }
+        if (ok)
+            result = PyTuple_Pack(9, out.spans, out.trace_ids, out.candidates, out.solo_records, out.solo_keys,
+                                  out.hits, out.odd, out.groups, out.resources);
+    }
+    for (int i = 0; i < 9; i++)
+        Py_XDECREF(parts[i]);
+done:
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+/* --- assemble -------------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject *records;        /* list: per record, bytes to append, None to leave it out, or (bytes,) to replace it */
+    PyObject *resources;      /* dict: ResourceLogs index -> its resource's new bytes; or None */
+    Py_ssize_t next_record;
+    uint8_t *out;             /* NULL while sizing */
+    Py_ssize_t at;
+} assembly_t;
+
+static Py_ssize_t varint_size(uint64_t n)
+{
+    Py_ssize_t size = 1;
+    while (n >= 0x80) {
+        n >>= 7;
+        size++;
+    }
+    return size;
+}
+
+static void put(assembly_t *a, const void *p, Py_ssize_t n)
+{
+    if (a->out != NULL)
+        memcpy(a->out + a->at, p, (size_t)n);
+    a->at += n;
+}
+
+static void put_varint(assembly_t *a, uint64_t n)
+{
+    uint8_t tmp[10];
+    Py_ssize_t i = 0;
+    while (n >= 0x80) {
+        tmp[i++] = (uint8_t)(n & 0x7F) | 0x80;
+        n >>= 7;
+    }
+    tmp[i++] = (uint8_t)n;
+    put(a, tmp, i);
+}
+
+/* A length-delimited field whose content is written by ``write`` (called twice: to size, then to
+ * write; the first call's size becomes the length prefix). */
+typedef int (*writer_t)(assembly_t *, const uint8_t *, Py_ssize_t, Py_ssize_t, long);
+
+static int put_message(assembly_t *a, uint8_t tag, writer_t write, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long which)
+{
+    uint8_t *out = a->out;
+    Py_ssize_t at = a->at;
+    Py_ssize_t next_record = a->next_record;
+    a->out = NULL;
+    if (!write(a, buf, start, stop, which))
+        return 0;
+    Py_ssize_t size = a->at - at;
+    a->out = out;
+    a->at = at;
+    if (out != NULL) /* the sizing pass of an enclosing message already counted these records */
+        a->next_record = next_record;
+    put(a, &tag, 1);
+    put_varint(a, (uint64_t)size);
+    if (out == NULL) {
+        a->at += size;
+        return 1;
+    }
+    return write(a, buf, start, stop, which);
+}
+
+static int put_record(assembly_t *a, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop)
+{
+    if (a->next_record >= PyList_GET_SIZE(a->records)) {
+        PyErr_SetString(PyExc_ValueError, "fewer records given than the request has");
+        return 0;
+    }
+    PyObject *item = PyList_GET_ITEM(a->records, a->next_record++);
+    if (item == Py_None)
+        return 1;
+    const char *head = (const char *)buf + start, *tail = NULL;
+    Py_ssize_t head_size = stop - start, tail_size = 0;
+    if (PyBytes_CheckExact(item)) {
+        tail = PyBytes_AS_STRING(item);
+        tail_size = PyBytes_GET_SIZE(item);
+    } else if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 1 && PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0))) {
+        head = PyBytes_AS_STRING(PyTuple_GET_ITEM(item, 0));
+        head_size = PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0));
+    } else {
+        PyErr_SetString(PyExc_TypeError, "a record's entry must be bytes, None or (bytes,)");
+        return 0;
+    }
+    uint8_t tag = 0x12; /* ScopeLogs.log_records */
+    put(a, &tag, 1);
+    put_varint(a, (uint64_t)(head_size + tail_size));
+    put(a, head, head_size);
+    put(a, tail, tail_size);
+    return 1;
+}
+
+static int write_scope_logs(assembly_t *a, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long which)
+{
+    (void)which;
+    Py_ssize_t at = start;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            return malformed();
+        if (f.number == 2 && f.wire_type == 2) {
+            if (!put_record(a, buf, f.start, f.end))
+                return 0;
+        } else {
+            put(a, buf + f.tag_at, at - f.tag_at);
+        }
+    }
+    return 1;
+}
+
+static int write_resource_logs(assembly_t *a, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long which)
+{
+    PyObject *resource = NULL;
+    if (a->resources != Py_None) {
+        PyObject *key = PyLong_FromLong(which);
+        if (key == NULL)
+            return 0;
+        resource = PyDict_GetItemWithError(a->resources, key);
+        Py_DECREF(key);
+        if (resource == NULL && PyErr_Occurred())
+            return 0;
+        if (resource != NULL && !PyBytes_CheckExact(resource)) {
+            PyErr_SetString(PyExc_TypeError, "a resource's new bytes must be bytes");
+            return 0;
+        }
+    }
+    int resource_written = 0;
+    Py_ssize_t at = start;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            return malformed();
+        if (f.number == 1 && f.wire_type == 2 && resource != NULL) {
+            /* Every occurrence merged into one: protobuf merges them the same way. */
+            if (!resource_written++) {
+                uint8_t tag = 0x0A;
+                put(a, &tag, 1);
+                put_varint(a, (uint64_t)PyBytes_GET_SIZE(resource));
+                put(a, PyBytes_AS_STRING(resource), PyBytes_GET_SIZE(resource));
+            }
+        } else if (f.number == 2 && f.wire_type == 2) {
+            if (!put_message(a, 0x12, write_scope_logs, buf, f.start, f.end, 0))
+                return 0;
+        } else {
+            put(a, buf + f.tag_at, at - f.tag_at);
+        }
+    }
+    return 1;
+}
+
+static int write_request(assembly_t *a, const uint8_t *buf, Py_ssize_t stop)
+{
+    Py_ssize_t at = 0;
+    long which = 0;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            return malformed();
+        if (f.number == 1 && f.wire_type == 2) {
+            if (!put_message(a, 0x0A, write_resource_logs, buf, f.start, f.end, which++))
+                return 0;
+        } else {
+            put(a, buf + f.tag_at, at - f.tag_at);
+        }
+    }
+    return 1;
+}
+
+static PyObject *wire_assemble(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer payload;
+    assembly_t a = {NULL, NULL, 0, NULL, 0};
+    if (!PyArg_ParseTuple(args, "y*O!O", &payload, &PyList_Type, &a.records, &a.resources))
+        return NULL;
+    PyObject *result = NULL;
+    if (a.resources != Py_None && !PyDict_Check(a.resources)) {
+        PyErr_SetString(PyExc_TypeError, "resources must be a dict or None");
+        goto done;
+    }
+    if (!write_request(&a, payload.buf, payload.len))
+        goto done;
+    if (a.next_record != PyList_GET_SIZE(a.records)) {
+        PyErr_SetString(PyExc_ValueError, "more records given than the request has");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, a.at);
+    if (result == NULL)
+        goto done;
+    a.out = (uint8_t *)PyBytes_AS_STRING(result);
+    a.at = 0;
+    a.next_record = 0;
+    if (!write_request(&a, payload.buf, payload.len))
+        Py_CLEAR(result);
+done:
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"index", wire_index, METH_VARARGS,
+     "index(payload, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, solo_records, "
+     "solo_keys, hits, odd, groups, resources)"},
+    {"assemble", wire_assemble, METH_VARARGS,
+     "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "processor._wire", .m_doc = NULL, .m_size = -1, .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__wire(void)
+{
+    return PyModule_Create(&module);
+}
