@@ -146,11 +146,12 @@ typedef struct {
     PyObject *spans;          /* bytearray: uint32 start, end of each record's content */
     PyObject *trace_ids;
     PyObject *candidates;
-    PyObject *solo_records;   /* records whose only evidence is one user agent ... */
-    PyObject *solo_keys;      /* ... and its cache key: key id byte + AnyValue bytes */
-    PyObject *hits;           /* (record, key id, AnyValue bytes) of every other record's evidence */
+    PyObject *ua_records;     /* per user-agent attribute: its record ... */
+    PyObject *ua_keys;        /* ... and its cache key: key id byte + AnyValue bytes */
+    PyObject *hits;           /* (record, key id, AnyValue bytes) of every other evidence attribute */
     PyObject *odd;
-    PyObject *groups;         /* per ScopeLogs: (resource_logs index, ResourceLogs span, ScopeLogs span, first record, count) */
+    PyObject *groups;         /* per ScopeLogs: (resource_logs index, ResourceLogs and ScopeLogs without
+                                 their children, first record, count) */
     PyObject *resources;      /* per ResourceLogs: its resource's bytes (every occurrence, joined) */
 } index_t;
 
@@ -292,17 +293,19 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
     }
     if (odd)
         return append_new(out->odd, PyLong_FromLong(record));
-    if (nhits == 1 && w->kinds[hits[0].key] == KIND_USER_AGENT) {
-        Py_ssize_t n = hits[0].end - hits[0].start;
-        PyObject *key = PyBytes_FromStringAndSize(NULL, n + 1);
-        if (key == NULL)
-            return 0;
-        PyBytes_AS_STRING(key)[0] = (char)hits[0].key;
-        memcpy(PyBytes_AS_STRING(key) + 1, buf + hits[0].start, (size_t)n);
-        return append_new(out->solo_records, PyLong_FromLong(record)) && append_new(out->solo_keys, key);
-    }
     for (int i = 0; i < nhits; i++) {
-        PyObject *value = PyBytes_FromStringAndSize((const char *)buf + hits[i].start, hits[i].end - hits[i].start);
+        Py_ssize_t n = hits[i].end - hits[i].start;
+        if (w->kinds[hits[i].key] == KIND_USER_AGENT) {
+            PyObject *key = PyBytes_FromStringAndSize(NULL, n + 1);
+            if (key == NULL)
+                return 0;
+            PyBytes_AS_STRING(key)[0] = (char)hits[i].key;
+            memcpy(PyBytes_AS_STRING(key) + 1, buf + hits[i].start, (size_t)n);
+            if (!append_new(out->ua_records, PyLong_FromLong(record)) || !append_new(out->ua_keys, key))
+                return 0;
+            continue;
+        }
+        PyObject *value = PyBytes_FromStringAndSize((const char *)buf + hits[i].start, n);
         if (value == NULL || !append_new(out->hits, Py_BuildValue("liN", record, hits[i].key, value)))
             return 0;
     }
@@ -325,35 +328,51 @@ static int index_scope_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t st
     return 1;
 }
 
+/* The message buf[start:stop] without its fields ``number`` (its children): what a held record keeps
+ * of the ResourceLogs and ScopeLogs it came in. */
+static PyObject *without(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, uint32_t number)
+{
+    PyObject *kept = PyBytes_FromStringAndSize(NULL, 0);
+    Py_ssize_t at = start;
+    while (kept != NULL && at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f)) {
+            Py_DECREF(kept);
+            malformed();
+            return NULL;
+        }
+        if (f.number != number || f.wire_type != 2)
+            PyBytes_ConcatAndDel(&kept, PyBytes_FromStringAndSize((const char *)buf + f.tag_at, at - f.tag_at));
+    }
+    return kept;
+}
+
 static int index_resource_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long which, long *records, index_t *out)
 {
     Py_ssize_t at = start;
     PyObject *resource = PyBytes_FromStringAndSize(NULL, 0);
-    if (resource == NULL)
-        return 0;
-    while (at < stop) {
+    PyObject *skeleton = without(buf, start, stop, 2);
+    int ok = resource != NULL && skeleton != NULL;
+    while (ok && at < stop) {
         field_t f;
         if (!next_field(buf, &at, stop, &f)) {
-            Py_DECREF(resource);
-            return malformed();
-        }
-        if (f.number == 1 && f.wire_type == 2) {
+            ok = malformed();
+        } else if (f.number == 1 && f.wire_type == 2) {
             PyBytes_ConcatAndDel(&resource, PyBytes_FromStringAndSize((const char *)buf + f.start, f.end - f.start));
-            if (resource == NULL)
-                return 0;
+            ok = resource != NULL;
         } else if (f.number == 2 && f.wire_type == 2) {
             long first = *records;
-            if (!index_scope_logs(w, buf, f.start, f.end, records, out)) {
-                Py_DECREF(resource);
-                return 0;
-            }
-            PyObject *group = Py_BuildValue(
-                "l(nn)(nn)ll", which, start, stop, f.start, f.end, first, *records - first);
-            if (!append_new(out->groups, group)) {
-                Py_DECREF(resource);
-                return 0;
-            }
+            PyObject *scope = without(buf, f.start, f.end, 2);
+            ok = scope != NULL && index_scope_logs(w, buf, f.start, f.end, records, out);
+            if (ok)
+                ok = append_new(out->groups, Py_BuildValue("lOOll", which, skeleton, scope, first, *records - first));
+            Py_XDECREF(scope);
         }
+    }
+    Py_XDECREF(skeleton);
+    if (!ok) {
+        Py_XDECREF(resource);
+        return 0;
     }
     return append_new(out->resources, resource);
 }
@@ -410,7 +429,7 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
                 ok = index_resource_logs(&w, buf, f.start, f.end, which++, &records, &out);
         }
         if (ok)
-            result = PyTuple_Pack(9, out.spans, out.trace_ids, out.candidates, out.solo_records, out.solo_keys,
+            result = PyTuple_Pack(9, out.spans, out.trace_ids, out.candidates, out.ua_records, out.ua_keys,
                                   out.hits, out.odd, out.groups, out.resources);
     }
     for (int i = 0; i < 9; i++)
@@ -620,12 +639,55 @@ done:
     return result;
 }
 
+/* --- user agents ------------------------------------------------------------------------------------ */
+
+/* Per value, after its first ``skip`` bytes a serialized AnyValue: its string if it is exactly one
+ * non-empty ASCII string_value (what the needle search classifies), else None. */
+static PyObject *wire_ascii_strings(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *values;
+    Py_ssize_t skip;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &values, &skip))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < skip) {
+            PyErr_SetString(PyExc_TypeError, "values must be bytes, at least skip long");
+            Py_CLEAR(result);
+            break;
+        }
+        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value) + skip;
+        Py_ssize_t size = PyBytes_GET_SIZE(value) - skip, at = 1;
+        uint64_t length;
+        PyObject *text = Py_None;
+        if (size > 1 && p[0] == 0x0A && read_varint(p, &at, size, &length) && length > 0 && at + (Py_ssize_t)length == size) {
+            Py_ssize_t k = at;
+            while (k < size && p[k] < 0x80)
+                k++;
+            if (k == size)
+                text = PyBytes_FromStringAndSize((const char *)p + at, (Py_ssize_t)length);
+        }
+        if (text == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        if (text == Py_None)
+            Py_INCREF(text);
+        PyList_SET_ITEM(result, i, text);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
-     "index(payload, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, solo_records, "
-     "solo_keys, hits, odd, groups, resources)"},
+     "index(payload, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, ua_records, "
+     "ua_keys, hits, odd, groups, resources)"},
     {"assemble", wire_assemble, METH_VARARGS,
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
+    {"ascii_strings", wire_ascii_strings, METH_VARARGS,
+     "ascii_strings(values, skip) -> list: per value, its AnyValue's string if a plain non-empty ASCII one, else None"},
     {NULL, NULL, 0, NULL},
 };
 

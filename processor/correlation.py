@@ -11,10 +11,9 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from functools import partial
-from itertools import islice, repeat, takewhile
-from operator import attrgetter, ge
+from collections import deque
+from itertools import compress, repeat
+from operator import attrgetter, eq
 from dataclasses import dataclass, field
 
 from .classify.verdict import Verdict
@@ -37,38 +36,36 @@ class TraceMemory:
 
     Kept as flat dicts of shared objects, not a tuple per trace: a hundred thousand small tuples
     are as many objects for the garbage collector to walk on every full collection (a pause that
-    showed up as p99 latency).
+    showed up as p99 latency). Age is kept per batch of traces learned together (one request's),
+    so learning, expiring and evicting are a few C-level passes per request, not steps per trace.
     """
 
     def __init__(self, ttl_s: float, max_traces: int):
         self.ttl_s = ttl_s
         self.max_traces = max_traces
-        # trace -> when it expires, ordered by last update: expiry and eviction both pop from the front.
-        self.expires: OrderedDict[bytes, float] = OrderedDict()
+        self._expires: dict[bytes, float] = {}  # trace -> when it expires
         # trace -> what a record without evidence of its own inherits from it (``.origin``: the trace's
         # verdict). Looked up for every record of a request in one C-level pass.
         self.inherited: dict[bytes, Verdict] = {}
+        # (when they expire, traces learned then), oldest first. A trace learned again is in a later
+        # batch too; an older batch lets it go only if its expiry is still that batch's.
+        self._batches: deque[tuple[float, list[bytes]]] = deque()
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self.expires)
+        return len(self._expires)
 
     def learn(self, trace_id: bytes, verdict: Verdict, now: float) -> Verdict:
         """Merge evidence into the trace's verdict; returns the trace's verdict after the merge."""
-        expires = self.expires
-        until = expires.get(trace_id)
-        if until is not None:
-            # An expired verdict is forgotten, not merged: fresh evidence alone decides.
-            if until > now:
-                known = self.inherited[trace_id].origin
-                if not outranks(verdict, known):
-                    verdict = known
-            expires.move_to_end(trace_id)
-        expires[trace_id] = now + self.ttl_s
+        until = self._expires.get(trace_id)
+        # An expired verdict is forgotten, not merged: fresh evidence alone decides.
+        if until is not None and until > now:
+            known = self.inherited[trace_id].origin
+            if not outranks(verdict, known):
+                verdict = known
+        self._expires[trace_id] = now + self.ttl_s
         self.inherited[trace_id] = verdict.inherited()
-        if len(expires) > self.max_traces:
-            del self.inherited[expires.popitem(last=False)[0]]
-            self.evicted += 1
+        self._added([trace_id], now + self.ttl_s)
         return verdict
 
     def learn_many(self, learned: list[tuple[bytes, Verdict]], now: float) -> None:
@@ -77,37 +74,65 @@ class TraceMemory:
         if not learned:
             return
         trace_ids = [trace_id for trace_id, _ in learned]
-        if len(set(trace_ids)) != len(trace_ids) or not self.expires.keys().isdisjoint(trace_ids):
+        if len(set(trace_ids)) != len(trace_ids):  # a trace taught twice: in order
             for trace_id, verdict in learned:
                 self.learn(trace_id, verdict, now)
             return
+        known = self._expires.keys() & trace_ids
+        if known:  # their verdicts are merged one by one; the rest are new
+            for trace_id, verdict in learned:
+                if trace_id in known:
+                    self.learn(trace_id, verdict, now)
+            learned = [(trace_id, verdict) for trace_id, verdict in learned if trace_id not in known]
+            if not learned:
+                return
+            trace_ids = [trace_id for trace_id, _ in learned]
         verdicts = [verdict for _, verdict in learned]
         for verdict in set(verdicts):
             verdict.inherited()  # made once per verdict, then read as an attribute
-        self.expires.update(zip(trace_ids, repeat(now + self.ttl_s)))
+        until = now + self.ttl_s
+        self._expires.update(zip(trace_ids, repeat(until)))
         self.inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
-        excess = len(self.expires) - self.max_traces
-        if excess > 0:
-            self._forget(excess)
-            self.evicted += excess
+        self._added(trace_ids, until)
 
     def recall(self, trace_id: bytes, now: float) -> Verdict | None:
-        until = self.expires.get(trace_id)
+        until = self._expires.get(trace_id)
         if until is None or until <= now:
             return None
         return self.inherited[trace_id].origin
 
     def expire(self, now: float) -> None:
-        # Expiry times grow along the order (every update moves its trace to the end): the expired
-        # traces are a prefix, counted and dropped in C-level passes rather than one by one.
-        self._forget(len(list(takewhile(partial(ge, now), self.expires.values()))))
+        batches = self._batches
+        while batches and batches[0][0] <= now:
+            until, trace_ids = batches.popleft()
+            self._drop(trace_ids, until)
 
-    def _forget(self, count: int) -> None:
-        """Drop the ``count`` oldest traces."""
-        if count:
-            oldest = list(islice(self.expires, count))
-            deque(map(self.expires.pop, oldest), maxlen=0)
-            deque(map(self.inherited.pop, oldest), maxlen=0)
+    def _added(self, trace_ids: list[bytes], until: float) -> None:
+        batches = self._batches
+        if batches and batches[-1][0] == until:  # learned at the same instant: one batch
+            batches[-1][1].extend(trace_ids)
+        else:
+            batches.append((until, trace_ids))
+        excess = len(self._expires) - self.max_traces
+        # Over the bound: the oldest go first.
+        while excess > 0 and batches:
+            until, oldest = batches[0]
+            if len(oldest) <= excess:
+                batches.popleft()
+            else:
+                batches[0] = (until, oldest[excess:])
+                oldest = oldest[:excess]
+            dropped = self._drop(oldest, until)
+            self.evicted += dropped
+            excess -= dropped
+
+    def _drop(self, trace_ids: list[bytes], until: float) -> int:
+        """Forget those of ``trace_ids`` not learned again since (their expiry still ``until``)."""
+        expires = self._expires
+        doomed = set(compress(trace_ids, map(eq, map(expires.get, trace_ids), repeat(until))))
+        deque(map(expires.__delitem__, doomed), maxlen=0)
+        deque(map(self.inherited.__delitem__, doomed), maxlen=0)
+        return len(doomed)
 
 
 @dataclass(eq=False)

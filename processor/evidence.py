@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
+from operator import contains, itemgetter, not_
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -29,9 +30,9 @@ from . import wire
 from .classify import Classifier, Verdict
 from .classify.verdict import SOURCE, SYNTHETIC_TYPE
 from .redact import Redactor
-from .wire import Index, Scanner, string_value
+from .wire import Index, Scanner
 
-_NONE: frozenset[int] = frozenset()
+_BROWSER_MARKER = b"mozilla/"  # what Classifier decides "a browser" on, when no signature matches
 _KINDS = {"user_agent": wire.USER_AGENT, "path": wire.PATH}
 
 
@@ -64,6 +65,11 @@ class EvidenceReader:
             else None
         )
         self._user_agents: dict[bytes, Verdict | None] = {}  # key id byte + AnyValue bytes -> verdict
+        # Per key id: the verdict a user agent with no signature needle gives if it looks like a browser.
+        self._browsers = [
+            classifier.user_agent_found(name, _BROWSER_MARKER, frozenset()) if kind == wire.USER_AGENT else None
+            for name, kind in zip(self._names, self._kinds)
+        ]
         self._cache_size = cache_size
         self._redacting = redactor.active
         # A redaction pattern with no literal may match anything: then every record is looked at.
@@ -73,18 +79,14 @@ class EvidenceReader:
     def read(self, payload: bytes, min_severity: int) -> Evidence:
         """The evidence of every record of the (validated) serialized request ``payload``."""
         found = wire.index(payload, self._keys, self._kinds, self._health_paths, min_severity)
-        own = self._user_agents_of(found.solo_records, found.solo_keys)
+        own = self._user_agents_of(found.ua_records, found.ua_keys)
         typed: set[int] = set()
         upstream: dict[int, str] = {}
-        kinds = self._kinds
         for record, key, value in found.hits:
             if key == self._synthetic_type:
                 typed.add(record)
                 continue
-            if kinds[key] == wire.USER_AGENT:
-                verdict = self._user_agent(bytes((key,)) + value)
-            else:
-                verdict = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
+            verdict = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
             if verdict is not None:
                 best = own.get(record)
                 if best is None or verdict.rank < best.rank:
@@ -131,7 +133,11 @@ class EvidenceReader:
         return {bisect_right(starts, at) - 1 for _, at in self._secrets.positions(payload)} - {-1}
 
     def _user_agents_of(self, records: list[int], keys: list[bytes]) -> dict[int, Verdict]:
-        """The verdicts of the records whose only evidence is a user agent (those that give one)."""
+        """The verdicts the user-agent attributes give their records (those that give one).
+
+        Looked up for the whole request in C-level passes; the user agents not in the cache are
+        classified together (a flood of unique ones costs little more per record than the usual few).
+        """
         cache = self._user_agents
         new = set(keys).difference(cache)
         if new:
@@ -139,31 +145,39 @@ class EvidenceReader:
                 # Bounded: a flood of unique user agents starts the cache over rather than tracking age.
                 cache.clear()
                 new = set(keys)
-            cache.update(self._classify_user_agents(new))
+            cache.update(self._classify_user_agents(list(new)))
         verdicts = list(map(cache.__getitem__, keys))
-        return dict(compress(zip(records, verdicts), verdicts))  # a Verdict is true, None is not
+        own = dict(compress(zip(records, verdicts), verdicts))  # a Verdict is true, None is not
+        if len(set(records)) != len(records):  # a record with two user agents: the better one, the first on a tie
+            own = {}
+            for record, verdict in zip(records, verdicts):
+                best = own.get(record)
+                if verdict is not None and (best is None or verdict.rank < best.rank):
+                    own[record] = verdict
+        return own
 
-    def _user_agent(self, key: bytes) -> Verdict | None:
-        verdict = self._user_agents.get(key, _NONE)
-        if verdict is _NONE:
-            if len(self._user_agents) >= self._cache_size:
-                self._user_agents.clear()
-            verdict = self._user_agents[key] = self._classify_user_agents((key,))[key]
-        return verdict
-
-    def _classify_user_agents(self, keys) -> dict[bytes, Verdict | None]:
-        """Verdicts for cache keys: ASCII strings from one needle search, the rest one by one."""
-        verdicts: dict[bytes, Verdict | None] = {}
-        texts: list[tuple[bytes, bytes]] = []
-        for key in keys:
-            text = string_value(key[1:])
-            if text is not None and self._needles is not None and text.isascii():
-                texts.append((key, text))
-            else:  # an array of values, or non-ASCII text: exactly as for a decoded record
-                verdicts[key] = self.classifier.evidence(self._names[key[0]], AnyValue.FromString(key[1:]))
-        if texts:
-            # NUL never occurs in a needle, so no match spans two user agents.
-            found = self._needles.found_in_each([text for _, text in texts])
-            for i, (key, text) in enumerate(texts):
-                verdicts[key] = self.classifier.user_agent_found(self._names[key[0]], text, found.get(i, _NONE))
+    def _classify_user_agents(self, keys: list[bytes]) -> dict[bytes, Verdict | None]:
+        """Verdicts for cache keys: plain ASCII strings by one needle search, the rest one by one."""
+        texts = wire.ascii_strings(keys, 1)
+        plain = list(compress(keys, texts))
+        verdicts: dict[bytes, Verdict | None] = {
+            key: self.classifier.evidence(self._names[key[0]], AnyValue.FromString(key[1:]))
+            for key in compress(keys, map(not_, texts))  # an array of values, non-ASCII text: as decoded
+        }
+        if not plain:
+            return verdicts
+        texts = list(filter(None, texts))
+        if self._needles is None:
+            verdicts.update(zip(plain, map(self._user_agent_text, plain, texts)))
+            return verdicts
+        # Most new user agents match no needle: a browser or nothing, decided in C-level passes.
+        verdicts.update(zip(plain, repeat(None)))
+        browser = list(map(contains, map(bytes.lower, texts), repeat(_BROWSER_MARKER)))
+        verdicts.update(compress(zip(plain, map(self._browsers.__getitem__, map(itemgetter(0), plain))), browser))
+        # NUL never occurs in a needle, so no match spans two user agents.
+        for i, found in self._needles.found_in_each(texts).items():
+            verdicts[plain[i]] = self.classifier.user_agent_found(self._names[plain[i][0]], texts[i], found)
         return verdicts
+
+    def _user_agent_text(self, key: bytes, text: bytes) -> Verdict | None:
+        return self.classifier.user_agent(self._names[key[0]], text.decode())

@@ -192,7 +192,7 @@ class Pipeline:
                     resources[which] = redacted
         stats.redactions = counts
         if held_from:
-            stats.held = self._hold(held_from, payload, found.groups, now)
+            stats.held = self._hold(held_from, found.groups, now)
         return wire.assemble(payload, forward, resources), stats
 
     def _resource_verdict(self, serialized: bytes) -> Verdict | None:
@@ -289,7 +289,7 @@ class Pipeline:
 
     # --- holding -----------------------------------------------------------------------------------------
 
-    def _hold(self, waiting: list[tuple], payload: bytes, groups, now: float) -> int:
+    def _hold(self, waiting: list[tuple], groups, now: float) -> int:
         """Keep records for their trace's evidence, each with a copy of the resource and scope it came in."""
         deadline = now + self.window_s
         firsts = [group[3] for group in groups]
@@ -298,11 +298,9 @@ class Pipeline:
             g = bisect_right(firsts, index) - 1
             skeleton = skeletons.get(g)
             if skeleton is None:
-                _, (rl_start, rl_end), (sl_start, sl_end), _, _ = groups[g]
-                resource_logs = ResourceLogs.FromString(payload[rl_start:rl_end])
-                scope_logs = ScopeLogs.FromString(payload[sl_start:sl_end])
-                group = ResourceLogs(resource=resource_logs.resource, schema_url=resource_logs.schema_url)
-                group.scope_logs.add(scope=scope_logs.scope, schema_url=scope_logs.schema_url)
+                _, resource_logs, scope_logs, _, _ = groups[g]  # both without their children
+                group = ResourceLogs.FromString(resource_logs)
+                group.scope_logs.append(ScopeLogs.FromString(scope_logs))
                 skeleton = skeletons[g] = (group, group.ByteSize())
             self.holding.hold(
                 record.trace_id, Held(record, skeleton[0], rule, has_synthetic_type, deadline, record.ByteSize() + skeleton[1])

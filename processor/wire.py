@@ -28,7 +28,7 @@ from . import _wire
 # What index() does with an attribute whose key is one of the keys it is given.
 EVIDENCE = 0  # report it (its AnyValue)
 PATH = 1  # report it only if its string starts with a health path (or it is not a plain string)
-USER_AGENT = 2  # report it; a record whose only evidence it is goes to the user-agent lists
+USER_AGENT = 2  # report it in the user-agent lists (as a cache key)
 ODD = 3  # the record is decided from its decoded form
 
 
@@ -38,12 +38,13 @@ class Index(NamedTuple):
     spans: memoryview  # uint32 start, end of each record's bytes in the payload
     trace_ids: list[bytes]  # per record (b"" if none)
     candidates: list[int]  # records a downgrade rule could match (by severity)
-    solo_records: list[int]  # records whose only evidence is one user-agent attribute ...
-    solo_keys: list[bytes]  # ... its key's id (one byte) + its AnyValue bytes, a cache key
-    hits: list[tuple[int, int, bytes]]  # (record, key id, AnyValue bytes): every other record's evidence
+    ua_records: list[int]  # per user-agent attribute, in request order: its record ...
+    ua_keys: list[bytes]  # ... and its key's id (one byte) + its AnyValue bytes, a cache key
+    hits: list[tuple[int, int, bytes]]  # (record, key id, AnyValue bytes): every other evidence attribute
     odd: list[int]  # records the walk does not model (ODD keys, a key given twice, ...): read them decoded
-    groups: list[tuple[int, tuple[int, int], tuple[int, int], int, int]]
-    # ^ per ScopeLogs: (ResourceLogs index, its span, the ScopeLogs span, first record, record count)
+    groups: list[tuple[int, bytes, bytes, int, int]]
+    # ^ per ScopeLogs: (ResourceLogs index, that ResourceLogs and this ScopeLogs serialized without their
+    #   children, first record, record count)
     resources: list[bytes]  # per ResourceLogs: its resource's bytes (every occurrence, joined)
 
 
@@ -117,15 +118,7 @@ class Scanner:
         return found
 
 
-def string_value(value: bytes) -> bytes | None:
-    """The string if the serialized AnyValue ``value`` is exactly one string_value, else None."""
-    if not value or value[0] != 0x0A:
-        return None
-    length = shift = 0
-    for at in range(1, min(len(value), 6)):
-        byte = value[at]
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value[at + 1 :] if at + 1 + length == len(value) else None
-        shift += 7
-    return None
+def ascii_strings(values: list[bytes], skip: int = 0) -> list[bytes | None]:
+    """Per value, after its first ``skip`` bytes a serialized AnyValue: its string if that is exactly
+    one non-empty ASCII string_value, else None."""
+    return _wire.ascii_strings(values, skip)

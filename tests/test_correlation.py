@@ -191,6 +191,32 @@ class TestBounds:
         memory.expire(now=12.0)
         assert len(memory) == 1
 
+    def test_a_trace_learned_again_lives_from_its_last_evidence(self) -> None:
+        """The TTL counts from the last evidence, also when that came in the same instant as before."""
+        memory = TraceMemory(ttl_s=10, max_traces=100)
+        verdict = Verdict("synthetic", "x", "e")
+        memory.learn(trace(1), verdict, now=0.0)
+        memory.learn(trace(1), verdict, now=0.0)  # twice at once: one batch, one trace
+        memory.learn(trace(2), verdict, now=5.0)
+        memory.learn(trace(1), verdict, now=8.0)
+        memory.expire(now=11.0)
+        assert memory.recall(trace(1), 11.0) is verdict and memory.recall(trace(2), 11.0) is verdict
+        memory.expire(now=16.0)
+        assert len(memory) == 1 and memory.recall(trace(1), 16.0) is verdict
+        memory.expire(now=18.0)
+        assert len(memory) == 0
+
+    def test_eviction_skips_traces_learned_again(self) -> None:
+        """At the bound, the trace whose last evidence is oldest goes, not the one first seen."""
+        memory = TraceMemory(ttl_s=60, max_traces=2)
+        verdict = Verdict("synthetic", "x", "e")
+        memory.learn(trace(1), verdict, now=0.0)
+        memory.learn(trace(2), verdict, now=1.0)
+        memory.learn(trace(1), verdict, now=2.0)
+        memory.learn(trace(3), verdict, now=3.0)
+        assert len(memory) == 2 and memory.evicted == 1
+        assert memory.recall(trace(2), 3.0) is None and memory.recall(trace(1), 3.0) is verdict
+
 
 class TestShadowMode:
     def test_shadow_marks_instead_of_downgrading(self) -> None:

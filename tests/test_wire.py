@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from processor.config import Config
 from processor.redact import Redactor
 from processor.service import build_pipeline
 from processor import wire
-from processor.wire import string_value
+from processor.wire import ascii_strings
 
 from .corpus import generate
 from .fuzz import strategies as gen
@@ -178,11 +178,24 @@ def test_a_user_agent_of_every_length_is_read(length: int) -> None:
     pipeline = PIPELINES["default"]
     evidence = pipeline.evidence
     found = wire.index(_request(record), evidence._keys, evidence._kinds, evidence._health_paths, 13)
-    assert found.solo_records == [0]
-    assert found.solo_keys == [bytes((evidence._names.index("user_agent.original"),)) + kv.value.SerializeToString()]
+    assert found.ua_records == [0]
+    assert found.ua_keys == [bytes((evidence._names.index("user_agent.original"),)) + kv.value.SerializeToString()]
     assert _own(pipeline, _request(record)) == evidence.decoded(record)
     assert _own(pipeline, _request(record))[0].source == "synthetic"
-    assert string_value(kv.value.SerializeToString()) == text.encode()
+    assert ascii_strings([b"\x00" + kv.value.SerializeToString()], 1) == [text.encode()]
+
+
+def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
+    values = [
+        AnyValue(string_value="curl/8.4.0"),
+        AnyValue(string_value="Mozilla/5.0 (été)"),  # non-ASCII: str.lower() may differ from ASCII case folding
+        AnyValue(string_value=""),
+        AnyValue(int_value=7),
+        AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="curl/8.4.0")])),
+    ]
+    assert ascii_strings([v.SerializeToString() for v in values]) == [b"curl/8.4.0", None, None, None, None]
+    with pytest.raises(TypeError):
+        ascii_strings(["text"])
 
 
 def test_a_key_in_a_body_a_map_or_a_bytes_value_is_not_evidence() -> None:
@@ -250,7 +263,7 @@ def test_unknown_fields_are_skipped_and_forwarded_as_they_came() -> None:
     pipeline = PIPELINES["default"]
     evidence = pipeline.evidence
     found = wire.index(payload, evidence._keys, evidence._kinds, evidence._health_paths, 13)
-    assert found.solo_records == [0] and found.candidates == [0] and found.trace_ids == [b"t" * 16]
+    assert found.ua_records == [0] and found.candidates == [0] and found.trace_ids == [b"t" * 16]
     assert wire.assemble(payload, [b""]) == payload
     enriched = ExportLogsServiceRequest.FromString(wire.assemble(payload, [_kv("k", "v").SerializeToString() and
                                                                         LogRecord(attributes=[_kv("k", "v")]).SerializeToString()]))
