@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from . import otlp_json
+from . import otlp_json, wire
 from .metrics import Metrics
 from .pipeline import Pipeline, Stats
 from .queue import Batch, BoundedQueue
@@ -120,12 +120,19 @@ class Intake:
         Raises Rejected with the reason. With the persistent queue, "safely" means on disk.
         """
         self.admit(len(payload))
-        request = self.decode(payload, encoding)  # also what validates the body
-        # The pipeline works on the protobuf wire form: in JSON a key or a secret can be written with
-        # escapes (user_agent\u002eoriginal) that no byte search would find.
-        wire = payload if encoding == PROTOBUF else request.SerializeToString()
+        if encoding == PROTOBUF:
+            # Checked without decoding; upb has the last word on a body the check refuses (and says why).
+            problem = wire.problem(payload)
+            if problem is not None:
+                self.decode(payload, encoding)
+                log.warning("upb decoded a body the wire check refused (%s); forwarding it", problem)
+            serialized = payload
+        else:
+            # The pipeline works on the protobuf wire form: in JSON a key or a secret can be written with
+            # escapes (user_agent\u002eoriginal) that no byte search would find.
+            serialized = self.decode(payload, encoding).SerializeToString()
         now = time.monotonic()
-        forward, stats = self.pipeline.process_wire(wire, now, self.limits)
+        forward, stats = self.pipeline.process_wire(serialized, now, self.limits)
         if stats.rejected:
             self.metrics.records_rejected.labels("limits").inc(stats.rejected)
         for rule, count in stats.redactions.items():

@@ -9,10 +9,13 @@ else the pipeline does, and most records need only a few prepared bytes appended
 - ``assemble`` (C) writes the request to forward: each record with its enrichment appended
   (protobuf merges a repeated field's later entries into the same message), replaced, or left
   out, and every enclosing length prefix recomputed. Everything else is copied byte for byte.
+- ``problem`` (C) says whether upb would decode the request, and if not why, without building
+  messages: the intake's check of every protobuf body (the decode it replaces cost more than the
+  rest of the walk).
 - ``Scanner`` finds many literals at once (Hyperscan, a SIMD multi-literal search): the
   redactor's literals in a whole request, the user-agent signatures' needles in new user agents.
 
-The request is decoded by upb before ``index`` sees it: that decode is what validates it.
+``index`` and ``assemble`` only ever see requests that passed ``problem`` (or upb's decode).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from itertools import accumulate
 from typing import NamedTuple
 
 import hyperscan
+from google.protobuf.descriptor import FieldDescriptor
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from . import _wire
 
@@ -46,6 +51,43 @@ class Index(NamedTuple):
     # ^ per ScopeLogs: (ResourceLogs index, that ResourceLogs and this ScopeLogs serialized without their
     #   children, first record, record count)
     resources: list[bytes]  # per ResourceLogs: its resource's bytes (every occurrence, joined)
+
+
+_SCHEMA_FIELDS = 32  # field numbers _wire.c's schema covers (OTLP's logs messages use 1..12)
+_FIELD_OTHER, _FIELD_STRING, _FIELD_MESSAGE = 0, 1, 2
+
+
+def schema(root=ExportLogsServiceRequest.DESCRIPTOR) -> bytes:
+    """What ``_wire.validate`` checks, from the protobuf descriptors: per message type reachable from
+    ``root`` (``root`` first), per field number, (kind, message type index)."""
+    types = [root]
+    table = bytearray()
+    for descriptor in types:  # grows while walked: every message type once
+        row = bytearray(2 * _SCHEMA_FIELDS)
+        for field in descriptor.fields:
+            if field.number >= _SCHEMA_FIELDS:
+                raise NotImplementedError(f"{field.full_name}: field numbers from {_SCHEMA_FIELDS} are not in the schema")
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if field.message_type not in types:
+                    types.append(field.message_type)
+                row[2 * field.number : 2 * field.number + 2] = (_FIELD_MESSAGE, types.index(field.message_type))
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                row[2 * field.number] = _FIELD_STRING  # proto3: upb checks UTF-8
+            elif field.type == FieldDescriptor.TYPE_GROUP or (field.is_repeated and field.type != FieldDescriptor.TYPE_BYTES):
+                # Packed scalars and groups would need checks _wire.c does not make: none in OTLP logs.
+                raise NotImplementedError(f"{field.full_name}: packed or group fields are not in the schema")
+        table += row
+    if len(types) > 255:
+        raise NotImplementedError("more than 255 message types")
+    return bytes(table)
+
+
+_LOGS_SCHEMA = schema()
+
+
+def problem(payload: bytes) -> str | None:
+    """None if upb decodes ``payload`` as an ExportLogsServiceRequest; else what is wrong with it."""
+    return _wire.validate(payload, _LOGS_SCHEMA)
 
 
 def index(payload: bytes, keys: tuple[bytes, ...], kinds: bytes, health_paths: tuple[bytes, ...], min_severity: int) -> Index:

@@ -359,3 +359,79 @@ def test_redaction_on_the_wire_path_matches_redacting_the_decoded_request() -> N
     redactor.redact_request(expected, counts)
     assert ExportLogsServiceRequest.FromString(forwarded) == expected
     assert stats.redactions == counts and counts
+
+
+# --- validation without decoding (wire.problem) -----------------------------------------------------------
+
+
+def _upb_accepts(payload: bytes) -> bool:
+    try:
+        ExportLogsServiceRequest.FromString(payload)
+    except Exception:
+        return False
+    return True
+
+
+def _nested(levels: int, inner: bytes = b"") -> bytes:
+    """A request whose first record's body nests ``levels`` array values (2 messages each)."""
+    value = _field(1, b"x") + inner
+    for _ in range(levels):
+        value = _field(5, _field(1, value))
+    return _field(1, _field(2, _field(2, _field(5, value))))
+
+
+def _group(depth: int) -> bytes:
+    return _tag(101, 3) * depth + _tag(101, 4) * depth
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _request(_record(_kv("k", "v"))),
+        _request(_record(_kv("k", "été ✓ 𝄞"))),
+        _field(1, _field(2, _field(2, _field(6, _field(1, b"\xff"))))),  # a key that is not UTF-8
+        _field(1, _field(2, _field(2, _field(6, _field(1, b"\xed\xa0\x80"))))),  # a surrogate
+        _field(1, _field(2, _field(2, _field(6, _field(1, b"\xc0\x80"))))),  # overlong
+        _field(1, _field(2, _field(2, _field(6, _field(1, b"\xf4\x90\x80\x80"))))),  # past U+10FFFF
+        _field(1, _field(2, _field(2, _field(5, _field(7, b"\xff"))))),  # bytes_value: any bytes
+        _field(1, _field(2, _field(2, _tag(3, 0) + b"\x01"))),  # severity_text as a varint: unknown, fine
+        _field(1, _field(2, _field(2, _tag(6, 2) + b"\x05ab"))),  # a length past its message
+        _field(1, _field(2, _field(2, _tag(2, 0) + b"\xff" * 9 + b"\x01"))),  # a 10-byte varint
+        _field(1, _field(2, _field(2, _tag(2, 0) + b"\xff" * 10 + b"\x01"))),  # 11 bytes
+        _field(1, _field(2, _field(2, b"\xf8\xff\xff\xff\x7f\x01"))),  # a tag past 32 bits
+        _field(1, _field(2, _field(2, b"\x0a\x81\x80\x80\x80\x80\x00x"))),  # a 6-byte length
+        _field(1, _field(2, _field(2, b"\x02\x00"))),  # field number 0
+        _field(1, _field(2, _field(2, _tag(7, 4)))),  # an end-group tag alone
+        _field(1, _field(2, _field(2, _tag(7, 6)))),  # wire type 6
+        _field(1, _field(2, _field(2, _tag(101, 3) + _tag(102, 4)))),  # a group ended by another number
+        _field(1, _field(2, _field(2, _tag(101, 3)))),  # a group never ended
+        _nested(48),  # nested 100 deep below the request: the most upb decodes
+        _nested(48, _group(1)),  # groups count too
+        _nested(47, _group(2)),
+        _nested(47, _group(3)),
+        _nested(49),
+        _group(100),
+        _group(101),
+    ],
+)
+def test_validation_agrees_with_upb(payload: bytes) -> None:
+    assert (wire.problem(payload) is None) == _upb_accepts(payload), wire.problem(payload)
+
+
+@_settings(400)
+@given(gen.requests(max_resources=2, max_records=4), st.data())
+def test_validation_agrees_with_upb_on_damaged_requests(request: ExportLogsServiceRequest, data) -> None:
+    """Bytes changed, inserted or cut anywhere: accepted exactly when upb accepts."""
+    payload = bytearray(request.SerializeToString())
+    assert wire.problem(bytes(payload)) is None
+    for _ in range(data.draw(st.integers(1, 3))):
+        action = data.draw(st.sampled_from(("set", "insert", "cut")))
+        at = data.draw(st.integers(0, len(payload)))
+        if action == "insert":
+            payload[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+        elif action == "cut":
+            del payload[at : at + data.draw(st.integers(1, 4))]
+        elif payload:
+            payload[min(at, len(payload) - 1)] = data.draw(st.sampled_from((0x00, 0x80, 0xFF, 0xC0, 0xED, 0x0C, 0x0B, 0x7F)))
+    payload = bytes(payload)
+    assert (wire.problem(payload) is None) == _upb_accepts(payload), wire.problem(payload)

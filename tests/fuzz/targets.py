@@ -3,7 +3,8 @@
     python tests/fuzz/targets.py TARGET [libFuzzer flags] [CORPUS_DIR ... | CRASH_FILE]
 
 Targets:
-  proto  bytes -> Intake.decode (protobuf) -> Pipeline.process (with the payload) in every configuration
+  proto  bytes -> Intake.decode (protobuf) -> Pipeline.process (with the payload) in every configuration;
+         wire.problem (the intake's check) agrees with upb
   json   bytes -> Intake.decode (OTLP/JSON) -> Pipeline.process in every configuration
   gzip   bytes -> decompress (gzip, a 4 KiB limit) -> Intake.decode (protobuf)
   rules  a record built from the bytes -> RuleSet.match, Classifier.evidence
@@ -51,6 +52,7 @@ def _instrument_module(module) -> None:
 
 _instrument_module(json_format)
 
+from processor import wire  # noqa: E402
 from tests.fuzz import corpus  # noqa: E402
 from tests.fuzz.invariants import (  # noqa: E402
     Checker,
@@ -71,6 +73,8 @@ EVIDENCE_KEYS = tuple(RULES_PIPELINE.classifier.evidence_keys)
 
 def proto(data: bytes) -> None:
     request = intake_decode(data, "protobuf")
+    # The intake's check without decoding (processor/_wire.c) refuses exactly what upb refuses.
+    assert (wire.problem(data) is None) == (request is not None), wire.problem(data)
     if request is not None:
         check_everywhere(CHECKERS.values(), request, data)  # the payload too, as Intake.accept passes it
 
