@@ -882,18 +882,43 @@ done:
 
 /* --- user agents ------------------------------------------------------------------------------------ */
 
-/* Per value, after its first ``skip`` bytes a serialized AnyValue: its string if it is exactly one
- * non-empty ASCII string_value (what the needle search classifies), else None. */
-static PyObject *wire_ascii_strings(PyObject *Py_UNUSED(module), PyObject *args)
+/* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
+ * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is
+ * none; -1 if it is not such a string. One pass of a DFA (Aho-Corasick, built in wire.py) over each
+ * string; bytes map to classes first (ASCII case folded, bytes no needle has are class 0). */
+static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *values;
-    Py_ssize_t skip;
-    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &values, &skip))
+    Py_ssize_t skip, width;
+    long none;
+    Py_buffer classes, delta, ranks;
+    if (!PyArg_ParseTuple(args, "O!nly*y*y*n", &PyList_Type, &values, &skip, &none, &classes, &delta, &ranks, &width))
         return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t states = ranks.len / (Py_ssize_t)sizeof(int32_t);
+    if (classes.len != 256 || width < 1 || skip < 0 || delta.len != states * width * (Py_ssize_t)sizeof(uint16_t)) {
+        PyErr_SetString(PyExc_ValueError, "needle tables of the wrong sizes");
+        goto done;
+    }
+    const uint8_t *cls = classes.buf;
+    const uint16_t *next = delta.buf;
+    const int32_t *rank = ranks.buf;
+    for (Py_ssize_t i = 0; i < states * width; i++) {
+        if (next[i] >= states) {
+            PyErr_SetString(PyExc_ValueError, "a needle transition names no state");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < 256; i++) {
+        if (cls[i] >= width) {
+            PyErr_SetString(PyExc_ValueError, "a byte class past the table's width");
+            goto done;
+        }
+    }
     Py_ssize_t n = PyList_GET_SIZE(values);
-    PyObject *result = PyList_New(n);
-    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
-        PyObject *value = PyList_GET_ITEM(values, i);
+    result = PyList_New(n);
+    for (Py_ssize_t v = 0; result != NULL && v < n; v++) {
+        PyObject *value = PyList_GET_ITEM(values, v);
         if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < skip) {
             PyErr_SetString(PyExc_TypeError, "values must be bytes, at least skip long");
             Py_CLEAR(result);
@@ -902,22 +927,30 @@ static PyObject *wire_ascii_strings(PyObject *Py_UNUSED(module), PyObject *args)
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value) + skip;
         Py_ssize_t size = PyBytes_GET_SIZE(value) - skip, at = 1;
         uint64_t length;
-        PyObject *text = Py_None;
+        long found = -1;
         if (size > 1 && p[0] == 0x0A && read_varint(p, &at, size, &length) && length > 0 && at + (Py_ssize_t)length == size) {
-            Py_ssize_t k = at;
-            while (k < size && p[k] < 0x80)
-                k++;
-            if (k == size)
-                text = PyBytes_FromStringAndSize((const char *)p + at, (Py_ssize_t)length);
+            uint32_t state = 0;
+            int32_t best = INT32_MAX;
+            Py_ssize_t j = at;
+            for (; j < size && p[j] < 0x80; j++) {
+                state = next[state * width + cls[p[j]]];
+                if (rank[state] < best)
+                    best = rank[state];
+            }
+            if (j == size) /* all ASCII */
+                found = best == INT32_MAX ? none : best;
         }
-        if (text == NULL) {
+        PyObject *item = PyLong_FromLong(found);
+        if (item == NULL) {
             Py_CLEAR(result);
             break;
         }
-        if (text == Py_None)
-            Py_INCREF(text);
-        PyList_SET_ITEM(result, i, text);
+        PyList_SET_ITEM(result, v, item);
     }
+done:
+    PyBuffer_Release(&classes);
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&ranks);
     return result;
 }
 
@@ -929,8 +962,9 @@ static PyMethodDef methods[] = {
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
     {"validate", wire_validate, METH_VARARGS,
      "validate(payload, schema) -> None if upb would decode payload as the schema's first type, else what is wrong"},
-    {"ascii_strings", wire_ascii_strings, METH_VARARGS,
-     "ascii_strings(values, skip) -> list: per value, its AnyValue's string if a plain non-empty ASCII one, else None"},
+    {"first_needles", wire_first_needles, METH_VARARGS,
+     "first_needles(values, skip, none, classes, delta, ranks, width) -> list: per AnyValue, the lowest rank of a needle "
+     "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},
     {NULL, NULL, 0, NULL},
 };
 

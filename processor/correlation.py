@@ -163,6 +163,10 @@ class Holding:
     def waiting_for(self, trace_id: bytes) -> bool:
         return trace_id in self._by_trace
 
+    def waiting_among(self, trace_ids) -> set[bytes]:
+        """Those of ``trace_ids`` that have records waiting (one C-level pass)."""
+        return self._by_trace.keys() & trace_ids
+
     def hold(self, trace_id: bytes, held: Held) -> None:
         self._by_trace.setdefault(trace_id, []).append(held)
         self._by_deadline.append(held)

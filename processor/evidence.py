@@ -21,7 +21,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import contains, itemgetter, not_
+from operator import getitem, itemgetter, lt
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -30,8 +30,9 @@ from . import wire
 from .classify import Classifier, Verdict
 from .classify.verdict import SOURCE, SYNTHETIC_TYPE
 from .redact import Redactor
-from .wire import Index, Scanner
+from .wire import FirstNeedle, Index, Scanner
 
+_MISSING = object()
 _BROWSER_MARKER = b"mozilla/"  # what Classifier decides "a browser" on, when no signature matches
 _KINDS = {"user_agent": wire.USER_AGENT, "path": wire.PATH}
 
@@ -57,19 +58,31 @@ class EvidenceReader:
         )
         self._synthetic_type = len(self._names) - 2
         self._health_paths = tuple(path.encode() for path in classifier.health_paths)
-        # A user agent not seen lately is searched for every signature needle at once, with ASCII
-        # case ignored (what str.lower() does to ASCII text); other text takes the classifier's path.
+        # A user agent not seen lately is searched for every signature needle at once, and for the
+        # browser marker ranked after them all, with ASCII case ignored (what str.lower() does to
+        # ASCII text); other text takes the classifier's path.
+        needles = len(classifier.ua_needles)
         self._needles = (
-            Scanner([(needle.encode(), True) for needle in classifier.ua_needles])
-            if classifier.ua_needles_ascii and not any("\0" in needle for needle in classifier.ua_needles)
+            FirstNeedle(
+                [needle.encode() for needle in classifier.ua_needles] + [_BROWSER_MARKER],
+                list(classifier.ua_needle_ranks) + [needles],
+            )
+            if classifier.ua_needles_ascii
             else None
         )
-        self._user_agents: dict[bytes, Verdict | None] = {}  # key id byte + AnyValue bytes -> verdict
-        # Per key id: the verdict a user agent with no signature needle gives if it looks like a browser.
-        self._browsers = [
-            classifier.user_agent_found(name, _BROWSER_MARKER, frozenset()) if kind == wire.USER_AGENT else None
+        # Per key id, by rank: the verdict of a user agent whose first needle has that rank; then a
+        # browser's (the marker's rank), then None (no needle at all).
+        self._nothing = needles + 1
+        needle_of_rank = sorted(range(needles), key=classifier.ua_needle_ranks.__getitem__)
+        self._by_needle = [
+            [classifier.user_agent_found(name, b"", frozenset((needle,))) for needle in needle_of_rank]
+            + [classifier.user_agent_found(name, _BROWSER_MARKER, frozenset()), None]
+            if kind == wire.USER_AGENT
+            else []
             for name, kind in zip(self._names, self._kinds)
         ]
+        self._user_agents: dict[bytes, Verdict | None] = {}  # key id byte + AnyValue bytes -> verdict
+        self._others: dict[tuple[int, bytes], Verdict | None] = {}  # (key id, AnyValue bytes) -> verdict
         self._cache_size = cache_size
         self._redacting = redactor.active
         # A redaction pattern with no literal may match anything: then every record is looked at.
@@ -86,7 +99,7 @@ class EvidenceReader:
             if key == self._synthetic_type:
                 typed.add(record)
                 continue
-            verdict = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
+            verdict = self._other(key, value)
             if verdict is not None:
                 best = own.get(record)
                 if best is None or verdict.rank < best.rank:
@@ -102,6 +115,17 @@ class EvidenceReader:
             if has_synthetic_type:
                 typed.add(record)
         return Evidence(found, own, typed, upstream, self._secrets_in(payload, spans))
+
+    def _other(self, key: int, value: bytes) -> Verdict | None:
+        """The verdict of any other evidence attribute: a probe's path, a header, an address; cached
+        like user agents, since the same few values come again and again."""
+        cache = self._others
+        verdict = cache.get((key, value), _MISSING)
+        if verdict is _MISSING:
+            if len(cache) >= self._cache_size:
+                cache.clear()
+            verdict = cache[key, value] = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
+        return verdict
 
     def decoded(self, record: LogRecord) -> tuple[Verdict | None, bool, str | None]:
         """A decoded record's own evidence: (best verdict, has user_agent.synthetic.type, triage.source if set)."""
@@ -157,27 +181,15 @@ class EvidenceReader:
         return own
 
     def _classify_user_agents(self, keys: list[bytes]) -> dict[bytes, Verdict | None]:
-        """Verdicts for cache keys: plain ASCII strings by one needle search, the rest one by one."""
-        texts = wire.ascii_strings(keys, 1)
-        plain = list(compress(keys, texts))
-        verdicts: dict[bytes, Verdict | None] = {
-            key: self.classifier.evidence(self._names[key[0]], AnyValue.FromString(key[1:]))
-            for key in compress(keys, map(not_, texts))  # an array of values, non-ASCII text: as decoded
-        }
-        if not plain:
-            return verdicts
-        texts = list(filter(None, texts))
+        """Verdicts for cache keys: plain ASCII strings from one automaton pass each (in C), then
+        table lookups; the rest (an array of values, non-ASCII text) as for a decoded record."""
         if self._needles is None:
-            verdicts.update(zip(plain, map(self._user_agent_text, plain, texts)))
-            return verdicts
-        # Most new user agents match no needle: a browser or nothing, decided in C-level passes.
-        verdicts.update(zip(plain, repeat(None)))
-        browser = list(map(contains, map(bytes.lower, texts), repeat(_BROWSER_MARKER)))
-        verdicts.update(compress(zip(plain, map(self._browsers.__getitem__, map(itemgetter(0), plain))), browser))
-        # NUL never occurs in a needle, so no match spans two user agents.
-        for i, found in self._needles.found_in_each(texts).items():
-            verdicts[plain[i]] = self.classifier.user_agent_found(self._names[plain[i][0]], texts[i], found)
+            return {key: self._decoded_user_agent(key) for key in keys}
+        ranks = self._needles.first(keys, 1, self._nothing)
+        verdicts = dict(zip(keys, map(getitem, map(self._by_needle.__getitem__, map(itemgetter(0), keys)), ranks)))
+        for key in compress(keys, map(lt, ranks, repeat(0))):
+            verdicts[key] = self._decoded_user_agent(key)
         return verdicts
 
-    def _user_agent_text(self, key: bytes, text: bytes) -> Verdict | None:
-        return self.classifier.user_agent(self._names[key[0]], text.decode())
+    def _decoded_user_agent(self, key: bytes) -> Verdict | None:
+        return self.classifier.evidence(self._names[key[0]], AnyValue.FromString(key[1:]))

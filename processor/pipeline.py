@@ -98,6 +98,8 @@ class Pipeline:
         self._resource_verdicts: dict[bytes, Verdict | None] = {}
         self._rule_attributes = {r.name: string_attribute(RULE, r.name) for r in rules.rules}
         self._would_attributes = {r.name: string_attribute(WOULD_DOWNGRADE, r.name) for r in rules.rules}
+        self._downgrades: dict[tuple[int, str, str], bytes] = {}  # (severity, text, rule) -> bytes to append
+        self._debug_wire = LogRecord(severity_number=DEBUG_SEVERITY_NUMBER, severity_text="DEBUG").SerializeToString()
         self._would_wire = {
             name: LogRecord(attributes=[kv]).SerializeToString() for name, kv in self._would_attributes.items()
         }
@@ -153,9 +155,11 @@ class Pipeline:
         pairs = list(zip(map(trace_ids.__getitem__, decided), map(own.__getitem__, decided)))
         learned = list(compress(pairs, map(itemgetter(0), pairs)))  # (trace, verdict) of records with a trace
         memory.learn_many(learned, now)
-        if self.holding.count:  # records held earlier whose trace this request decides
+        waiting = self.holding.waiting_among(map(itemgetter(0), learned)) if self.holding.count else ()
+        if waiting:  # records held earlier whose trace this request decides: released in request order
             for trace_id, _ in learned:
-                self._free_held(trace_id)
+                if trace_id in waiting:
+                    self._free_held(trace_id)
 
         # 2. Every record's verdict: its own, else its trace's, else unknown; its enrichment appended
         #    in C-level passes over the whole request. Then the few that need more (a possible rule
@@ -242,10 +246,8 @@ class Pipeline:
         if not self.enforce:
             _count(stats.would_downgrade, rule.name)
             return wire + enrichment + self._would_wire[rule.name]
-        record.MergeFromString(enrichment)
-        self.downgrade(record, rule)
         _count(stats.downgraded, rule.name)
-        return record.SerializeToString()
+        return wire + enrichment + self._downgrade_wire(record, rule)
 
     def _learn(self, memory: TraceMemory, trace_id: bytes, verdict: Verdict, now: float) -> None:
         memory.learn(trace_id, verdict, now)
@@ -277,6 +279,20 @@ class Pipeline:
     def fires(self, verdict: Verdict) -> bool:
         """Downgrade only on evidence: a configured monitor-like source, decided with enough confidence."""
         return verdict.source in self.downgrade_sources and (self.any_confidence or verdict.confidence == CERTAIN)
+
+    def _downgrade_wire(self, record, rule: Rule) -> bytes:
+        """``downgrade`` as bytes to append: the original severity kept as attributes, the rule named,
+        and severity_number and severity_text given again (protobuf keeps a singular field's last
+        occurrence). The same few severities and rules come again and again: cached."""
+        key = (record.severity_number, record.severity_text, rule.name)
+        suffix = self._downgrades.get(key)
+        if suffix is None:
+            if len(self._downgrades) >= _RESOURCE_CACHE_SIZE:
+                self._downgrades.clear()
+            downgraded = LogRecord(severity_number=record.severity_number, severity_text=record.severity_text)
+            self.downgrade(downgraded, rule)
+            suffix = self._downgrades[key] = LogRecord(attributes=downgraded.attributes).SerializeToString() + self._debug_wire
+        return suffix
 
     def downgrade(self, record, rule: Rule) -> None:
         record.attributes.append(

@@ -12,16 +12,17 @@ else the pipeline does, and most records need only a few prepared bytes appended
 - ``problem`` (C) says whether upb would decode the request, and if not why, without building
   messages: the intake's check of every protobuf body (the decode it replaces cost more than the
   rest of the walk).
-- ``Scanner`` finds many literals at once (Hyperscan, a SIMD multi-literal search): the
-  redactor's literals in a whole request, the user-agent signatures' needles in new user agents.
+- ``Scanner`` finds the redactor's literals in a whole request in one pass (Hyperscan, a SIMD
+  multi-literal search); ``FirstNeedle`` (an automaton run in C) the first user-agent signature
+  needle in each of a request's new user agents.
 
 ``index`` and ``assemble`` only ever see requests that passed ``problem`` (or upb's decode).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from itertools import accumulate
+from array import array
+from collections import deque
 from typing import NamedTuple
 
 import hyperscan
@@ -123,29 +124,6 @@ class Scanner:
             self._scratch = hyperscan.Scratch(self._database)
             self._lengths = [len(literal) for literal, _ in literals]
 
-    def found_in_each(self, texts: list[bytes]) -> dict[int, set[int]]:
-        """Per text (by index; texts with no match left out), the ids of the literals that occur in it.
-
-        One pass over all of them, NUL-separated: callers make sure no literal contains NUL, so no
-        match spans two texts.
-        """
-        found: dict[int, set[int]] = {}
-        if self._database is None or not texts:
-            return found
-        bounds = list(accumulate(len(text) + 1 for text in texts))
-        lengths = self._lengths
-
-        def on_match(literal: int, _start: int, end: int, _flags: int, _context: object) -> None:
-            index = bisect_right(bounds, end - lengths[literal])
-            ids = found.get(index)
-            if ids is None:
-                found[index] = {literal}
-            else:
-                ids.add(literal)
-
-        self._database.scan(b"\0".join(texts), match_event_handler=on_match, scratch=self._scratch)
-        return found
-
     def positions(self, buf: bytes) -> list[tuple[int, int]]:
         """(literal id, start) of every occurrence in ``buf``, in order of where each ends."""
         found: list[tuple[int, int]] = []
@@ -160,7 +138,62 @@ class Scanner:
         return found
 
 
-def ascii_strings(values: list[bytes], skip: int = 0) -> list[bytes | None]:
-    """Per value, after its first ``skip`` bytes a serialized AnyValue: its string if that is exactly
-    one non-empty ASCII string_value, else None."""
-    return _wire.ascii_strings(values, skip)
+class FirstNeedle:
+    """Of many ASCII needles, which one occurs first in precedence in each of many texts (ASCII case
+    ignored): an Aho-Corasick automaton, built here once, run over each text in C (``_wire.c``).
+
+    Per text it answers the needle with the lowest rank, which is all a user agent's verdict depends
+    on, with no call back into Python per match (what a Hyperscan search costs per match).
+    """
+
+    def __init__(self, needles: list[bytes], ranks: list[int]):
+        folded = [needle.lower() for needle in needles]
+        alphabet = sorted({byte for needle in folded for byte in needle})
+        classes = bytearray(256)  # byte -> class; 0: a byte no needle has
+        for number, byte in enumerate(alphabet, 1):
+            classes[byte] = number
+            if 0x61 <= byte <= 0x7A:
+                classes[byte - 0x20] = number  # ASCII upper case folds to lower
+        width = len(alphabet) + 1
+        goto: list[dict[int, int]] = [{}]
+        best = [_NO_RANK]  # per state: the lowest rank among the needles ending there
+        for needle, rank in zip(folded, ranks):
+            state = 0
+            for byte in needle:
+                state = goto[state].setdefault(classes[byte], len(goto))
+                if state == len(goto):
+                    goto.append({})
+                    best.append(_NO_RANK)
+            best[state] = min(best[state], rank)
+        if len(goto) >= 1 << 16:
+            raise ValueError(f"{len(goto)} automaton states: more than the 16-bit table holds")
+        # Breadth first: each state's failure link is final before its children need it.
+        delta = [0] * (len(goto) * width)
+        failure = [0] * len(goto)
+        queue = deque()
+        for cls in range(width):
+            child = goto[0].get(cls)
+            if child is not None:
+                delta[cls] = child
+                queue.append(child)
+        while queue:
+            state = queue.popleft()
+            best[state] = min(best[state], best[failure[state]])  # a needle ending at a suffix ends here too
+            for cls in range(width):
+                child = goto[state].get(cls)
+                if child is None:
+                    delta[state * width + cls] = delta[failure[state] * width + cls]
+                else:
+                    failure[child] = delta[failure[state] * width + cls]
+                    delta[state * width + cls] = child
+                    queue.append(child)
+        self._tables = (bytes(classes), array("H", delta).tobytes(), array("i", best).tobytes(), width)
+
+    def first(self, values: list[bytes], skip: int, none: int) -> list[int]:
+        """Per value, after its first ``skip`` bytes a serialized AnyValue: if that is exactly one
+        non-empty ASCII string, the lowest rank among the needles in it, or ``none`` if no needle is;
+        -1 if it is not such a string."""
+        return _wire.first_needles(values, skip, none, *self._tables)
+
+
+_NO_RANK = 2**31 - 1

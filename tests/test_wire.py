@@ -20,7 +20,7 @@ from processor.config import Config
 from processor.redact import Redactor
 from processor.service import build_pipeline
 from processor import wire
-from processor.wire import ascii_strings
+from processor.wire import FirstNeedle
 
 from .corpus import generate
 from .fuzz import strategies as gen
@@ -123,13 +123,23 @@ def test_evidence_read_from_bytes_is_the_decoded_records(record: LogRecord) -> N
     st.sampled_from(("user_agent.original", "http.user_agent")),
 )
 def test_user_agent_from_needles_is_the_regex_decision(user_agent: str, upper: list[bool], key: str) -> None:
-    """Needles found with ASCII case ignored give the verdict the lowercased regex pass gives."""
+    """The automaton's first needle, ASCII case ignored, gives the verdict the lowercased regex pass gives."""
     mixed = "".join(c.upper() if upper[i % len(upper)] else c.lower() for i, c in enumerate(user_agent))
-    if not mixed.isascii():
-        return
-    classifier = PIPELINES["default"].classifier
-    needles = PIPELINES["default"].evidence._needles.found_in_each([mixed.encode()]).get(0, set())
-    assert classifier.user_agent_found(key, mixed.encode(), needles) is classifier._user_agent(key, mixed)
+    evidence = PIPELINES["default"].evidence
+    cache_key = bytes((evidence._names.index(key),)) + AnyValue(string_value=mixed).SerializeToString()
+    assert evidence._classify_user_agents([cache_key])[cache_key] is evidence.classifier._user_agent(key, mixed)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_batch_of_user_agents_is_classified_as_one_by_one(name: str) -> None:
+    """Every catalog user agent, varied, in one batch (the flood's path) against the classifier's own loop."""
+    evidence = PIPELINES[name].evidence
+    agents = [a for base in gen.USER_AGENTS for a in (base, base.upper(), f"{base} x/{len(base)}", "x" + base[3:])]
+    agents += ["", "mozilla/", "MOZILLA/5.0", "été Mozilla/5.0", "curl", "bot"]
+    keys = [bytes((evidence._names.index("user_agent.original"),)) + AnyValue(string_value=a).SerializeToString() for a in agents]
+    found = evidence._classify_user_agents(keys)
+    for agent, key in zip(agents, keys):
+        assert found[key] is evidence.classifier.evidence("user_agent.original", AnyValue(string_value=agent)), agent
 
 
 # --- the C walk (processor/_wire.c) ----------------------------------------------------------------------
@@ -182,20 +192,32 @@ def test_a_user_agent_of_every_length_is_read(length: int) -> None:
     assert found.ua_keys == [bytes((evidence._names.index("user_agent.original"),)) + kv.value.SerializeToString()]
     assert _own(pipeline, _request(record)) == evidence.decoded(record)
     assert _own(pipeline, _request(record))[0].source == "synthetic"
-    assert ascii_strings([b"\x00" + kv.value.SerializeToString()], 1) == [text.encode()]
+    rank = evidence._needles.first([b"\x00" + kv.value.SerializeToString()], 1, evidence._nothing)[0]
+    assert 0 <= rank < evidence._nothing - 1  # a signature needle's, not the browser marker's
 
 
 def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
+    needles = FirstNeedle([b"curl/", b"bot", b"mozilla/"], [1, 0, 2])
     values = [
         AnyValue(string_value="curl/8.4.0"),
+        AnyValue(string_value="CURL/8.4.0 (a Bot)"),  # both: the lower rank; case ignored
+        AnyValue(string_value="Mozilla/5.0"),
+        AnyValue(string_value="wget"),
         AnyValue(string_value="Mozilla/5.0 (été)"),  # non-ASCII: str.lower() may differ from ASCII case folding
         AnyValue(string_value=""),
         AnyValue(int_value=7),
         AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="curl/8.4.0")])),
     ]
-    assert ascii_strings([v.SerializeToString() for v in values]) == [b"curl/8.4.0", None, None, None, None]
+    assert needles.first([v.SerializeToString() for v in values], 0, 9) == [1, 0, 2, 9, -1, -1, -1, -1]
     with pytest.raises(TypeError):
-        ascii_strings(["text"])
+        needles.first(["text"], 0, 9)
+
+
+def test_the_needle_automaton_finds_overlapping_needles() -> None:
+    """A needle that is a suffix of another's prefix path (failure links), at any place."""
+    needles = FirstNeedle([b"abcd", b"bc", b"cde", b"e"], [3, 2, 1, 0])
+    found = needles.first([AnyValue(string_value=t).SerializeToString() for t in ("abcd", "xabcx", "abcde", "zzz", "ABCE")], 0, 9)
+    assert found == [2, 2, 0, 9, 0]
 
 
 def test_a_key_in_a_body_a_map_or_a_bytes_value_is_not_evidence() -> None:
