@@ -12,8 +12,8 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 from __future__ import annotations
 
 from collections import deque
-from itertools import compress, repeat
-from operator import attrgetter, eq
+from itertools import repeat
+from operator import attrgetter
 from dataclasses import dataclass, field
 
 from .classify.verdict import Verdict
@@ -34,7 +34,7 @@ def outranks(new: Verdict, known: Verdict) -> bool:
 class TraceMemory:
     """trace_id -> verdict, for ``ttl_s`` after the last evidence, at most ``max_traces`` traces.
 
-    Kept as flat dicts of shared objects, not a tuple per trace: a hundred thousand small tuples
+    Kept as one flat dict of shared objects, not a tuple per trace: a hundred thousand small tuples
     are as many objects for the garbage collector to walk on every full collection (a pause that
     showed up as p99 latency). Age is kept per batch of traces learned together (one request's),
     so learning, expiring and evicting are a few C-level passes per request, not steps per trace.
@@ -43,42 +43,45 @@ class TraceMemory:
     def __init__(self, ttl_s: float, max_traces: int):
         self.ttl_s = ttl_s
         self.max_traces = max_traces
-        self._expires: dict[bytes, float] = {}  # trace -> when it expires
         # trace -> what a record without evidence of its own inherits from it (``.origin``: the trace's
         # verdict). Looked up for every record of a request in one C-level pass.
         self.inherited: dict[bytes, Verdict] = {}
-        # (when they expire, traces learned then), oldest first. A trace learned again is in a later
-        # batch too; an older batch lets it go only if its expiry is still that batch's.
+        # (when they expire, traces learned then), oldest first; a trace is gone with its batch ...
         self._batches: deque[tuple[float, list[bytes]]] = deque()
+        # ... unless it was learned again since (then it is in a later batch too): trace -> when its
+        # latest batch expires, for those traces only.
+        self._relearned: dict[bytes, float] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._expires)
+        return len(self.inherited)
 
     def learn(self, trace_id: bytes, verdict: Verdict, now: float) -> Verdict:
         """Merge evidence into the trace's verdict; returns the trace's verdict after the merge."""
-        until = self._expires.get(trace_id)
-        # An expired verdict is forgotten, not merged: fresh evidence alone decides.
-        if until is not None and until > now:
-            known = self.inherited[trace_id].origin
-            if not outranks(verdict, known):
-                verdict = known
-        self._expires[trace_id] = now + self.ttl_s
+        self.expire(now)  # an expired verdict is forgotten, not merged: fresh evidence alone decides
+        until = now + self.ttl_s
+        known = self.inherited.get(trace_id)
+        if known is not None:
+            if not outranks(verdict, known.origin):
+                verdict = known.origin
+            self._relearned[trace_id] = until
         self.inherited[trace_id] = verdict.inherited()
-        self._added([trace_id], now + self.ttl_s)
+        self._added([trace_id], until)
         return verdict
 
     def learn_many(self, learned: list[tuple[bytes, Verdict]], now: float) -> None:
         """``learn`` each (trace, verdict) in order. The usual request teaches traces not known yet,
-        each once: those are added in two C-level dict updates instead of one call each."""
+        each once: those are added in one C-level dict update instead of one call each."""
         if not learned:
             return
+        self.expire(now)
         trace_ids = [trace_id for trace_id, _ in learned]
-        if len(set(trace_ids)) != len(trace_ids):  # a trace taught twice: in order
+        distinct = set(trace_ids)
+        if len(distinct) != len(trace_ids):  # a trace taught twice: in order
             for trace_id, verdict in learned:
                 self.learn(trace_id, verdict, now)
             return
-        known = self._expires.keys() & trace_ids
+        known = self.inherited.keys() & distinct
         if known:  # their verdicts are merged one by one; the rest are new
             for trace_id, verdict in learned:
                 if trace_id in known:
@@ -90,16 +93,13 @@ class TraceMemory:
         verdicts = [verdict for _, verdict in learned]
         for verdict in set(verdicts):
             verdict.inherited()  # made once per verdict, then read as an attribute
-        until = now + self.ttl_s
-        self._expires.update(zip(trace_ids, repeat(until)))
         self.inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
-        self._added(trace_ids, until)
+        self._added(trace_ids, now + self.ttl_s)
 
     def recall(self, trace_id: bytes, now: float) -> Verdict | None:
-        until = self._expires.get(trace_id)
-        if until is None or until <= now:
-            return None
-        return self.inherited[trace_id].origin
+        self.expire(now)
+        known = self.inherited.get(trace_id)
+        return None if known is None else known.origin
 
     def expire(self, now: float) -> None:
         batches = self._batches
@@ -113,7 +113,7 @@ class TraceMemory:
             batches[-1][1].extend(trace_ids)
         else:
             batches.append((until, trace_ids))
-        excess = len(self._expires) - self.max_traces
+        excess = len(self.inherited) - self.max_traces
         # Over the bound: the oldest go first.
         while excess > 0 and batches:
             until, oldest = batches[0]
@@ -127,12 +127,18 @@ class TraceMemory:
             excess -= dropped
 
     def _drop(self, trace_ids: list[bytes], until: float) -> int:
-        """Forget those of ``trace_ids`` not learned again since (their expiry still ``until``)."""
-        expires = self._expires
-        doomed = set(compress(trace_ids, map(eq, map(expires.get, trace_ids), repeat(until))))
-        deque(map(expires.__delitem__, doomed), maxlen=0)
-        deque(map(self.inherited.__delitem__, doomed), maxlen=0)
-        return len(doomed)
+        """Forget those of ``trace_ids`` (a batch that expires at ``until``) not learned again since."""
+        doomed = set(trace_ids)
+        relearned = self._relearned
+        if relearned:
+            for trace_id in doomed & relearned.keys():
+                if relearned[trace_id] > until:
+                    doomed.discard(trace_id)  # its latest batch lets it go
+                else:
+                    del relearned[trace_id]
+        before = len(self.inherited)
+        deque(map(self.inherited.pop, doomed, repeat(None)), maxlen=0)  # (one already gone is no error)
+        return before - len(self.inherited)
 
 
 @dataclass(eq=False)
