@@ -1,6 +1,6 @@
 """The transform: classify, enrich, downgrade (and redact) the records of OTLP logs requests.
 
-No I/O here: the intake hands a request in, serialized and decoded, and gets back the serialized
+No I/O here: the intake hands a checked, serialized request in and gets back the serialized
 request to forward (``process_wire``); time comes in as an argument. Everything that can be decided
 once (signatures, rules, prepared attributes and their bytes) is decided in ``Pipeline.__init__``.
 Records are read and written in their serialized form (``wire``); a record is decoded only when
@@ -117,8 +117,8 @@ class Pipeline:
     def process_wire(self, payload: bytes, now: float, limits=None) -> tuple[bytes, Stats]:
         """Classify, enrich, downgrade (and redact) the records of ``payload``; returns what to forward.
 
-        ``payload`` is a serialized ExportLogsServiceRequest that upb has decoded (which validated
-        it). It is read through ``wire.index`` and written by ``wire.assemble``: a record that
+        ``payload`` is a serialized ExportLogsServiceRequest that ``wire.problem`` (or upb) found
+        valid. It is read through ``wire.index`` and written by ``wire.assemble``: a record that
         needs only its enrichment gets the prepared bytes appended, and nothing else is re-encoded.
         Only records with evidence, a possible rule match, a secret or a problem are looked at in
         Python. ``limits`` (``Limits.check``) rejects records, which are then left out (partial success).
