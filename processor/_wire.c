@@ -1,19 +1,21 @@
-/* The two passes over a serialized ExportLogsServiceRequest that every request needs, in C.
+/* The passes over a serialized ExportLogsServiceRequest that every request needs, in C.
  *
  * Per record, Python's share of the work has to stay below a microsecond for the processor to cost
- * less than a bytes relay plus a protobuf parse; reading each record's fields in Python costs
- * several. So:
+ * little more than a bytes relay; reading each record's fields in Python costs several. So:
  *
+ * - validate() checks the request as upb's decoder would, without building messages: the
+ *   intake's check of every protobuf body.
  * - index() walks request -> ResourceLogs -> ScopeLogs -> LogRecord -> KeyValue and reports, per
  *   record, only what the pipeline decides on: where it lies, its trace id, whether a downgrade
  *   rule could apply (severity), and its attributes whose key is one the classifier reads.
  * - assemble() writes the request to forward: each record with bytes appended (its enrichment;
  *   protobuf merges a repeated field's later entries into the same message), replaced, or left
  *   out, and every enclosing length prefix recomputed.
+ * - first_needles() runs the user-agent needle automaton (built in wire.py) over new user agents.
  *
- * The request was decoded by upb before (that is what validates it and answers 400), so a
- * malformed buffer here is a bug: it raises ValueError rather than guessing. Anything protobuf
- * would merge in a way this walk does not model (a KeyValue whose key or value occurs twice, a
+ * index() and assemble() see only requests that passed validate() (or upb's decode), so a
+ * malformed buffer there is a bug: it raises ValueError rather than guessing. Anything protobuf
+ * would merge in a way the walk does not model (a KeyValue whose key or value occurs twice, a
  * known field with an unexpected wire type) makes the record "odd": the caller decides it from
  * the decoded record instead. Field numbers are those of opentelemetry/proto (logs.proto,
  * common.proto, logs_service.proto).

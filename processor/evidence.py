@@ -5,10 +5,10 @@ reads (user agents, marker headers, monitor addresses, a path that starts like a
 ``user_agent.synthetic.type``), so records without evidence cost no Python at all. The
 decisions stay the classifier's:
 
-- a user agent is cached by (key, serialized value). The usual access log's only evidence is its
-  user agent: those are looked up for the whole request in one C-level pass, and the new ones
-  searched for all the catalog's needles in one Hyperscan call;
-- any other evidence attribute is decoded and handed to ``Classifier.evidence``;
+- a user agent is cached by (key, serialized value). A request's user agents are looked up in
+  C-level passes, and the new ones are classified together: one pass each of an automaton of the
+  catalog's needles (``wire.FirstNeedle``, in C), then table lookups;
+- any other evidence attribute is decoded and handed to ``Classifier.evidence``, cached by value;
 - a record the walk does not model (triaged upstream, a key given twice in one attribute, ...)
   is decoded whole and read attribute by attribute (``decoded``), as the reference loop does.
 
@@ -28,12 +28,12 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from . import wire
 from .classify import Classifier, Verdict
+from .classify.classifier import BROWSER_MARKER
 from .classify.verdict import SOURCE, SYNTHETIC_TYPE
 from .redact import Redactor
 from .wire import FirstNeedle, Index, Scanner
 
 _MISSING = object()
-_BROWSER_MARKER = b"mozilla/"  # what Classifier decides "a browser" on, when no signature matches
 _KINDS = {"user_agent": wire.USER_AGENT, "path": wire.PATH}
 
 
@@ -64,7 +64,7 @@ class EvidenceReader:
         needles = len(classifier.ua_needles)
         self._needles = (
             FirstNeedle(
-                [needle.encode() for needle in classifier.ua_needles] + [_BROWSER_MARKER],
+                [needle.encode() for needle in classifier.ua_needles] + [BROWSER_MARKER],
                 list(classifier.ua_needle_ranks) + [needles],
             )
             if classifier.ua_needles_ascii
@@ -76,7 +76,7 @@ class EvidenceReader:
         needle_of_rank = sorted(range(needles), key=classifier.ua_needle_ranks.__getitem__)
         self._by_needle = [
             [classifier.user_agent_found(name, b"", frozenset((needle,))) for needle in needle_of_rank]
-            + [classifier.user_agent_found(name, _BROWSER_MARKER, frozenset()), None]
+            + [classifier.user_agent_found(name, BROWSER_MARKER, frozenset()), None]
             if kind == wire.USER_AGENT
             else []
             for name, kind in zip(self._names, self._kinds)

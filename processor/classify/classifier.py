@@ -28,8 +28,8 @@ HEALTH_PATH_NAME = "health-check-path"
 # then "looks like a browser"; a health-check path alone is only weak evidence.
 _HEADER, _ADDRESS, _SIGNATURE_UA, _BROWSER_UA, _PATH = 0, 1, 2, 3, 4
 PATH_RANK = (_PATH, 0)  # every health-path verdict's rank: any other evidence outranks it
-_BROWSER_MARKER = "mozilla/"
-_BROWSER_MARKER_BYTES = _BROWSER_MARKER.encode()
+BROWSER_MARKER = b"mozilla/"  # in a lowercased user agent with no signature needle: a browser
+_BROWSER_TEXT = BROWSER_MARKER.decode()
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ class Classifier:
                 for low, _ in pairs:
                     if low in lowered:
                         return self._ua_verdicts[key, i, low]
-        if _BROWSER_MARKER in lowered:
+        if _BROWSER_TEXT in lowered:
             return self._browser[key]
         return None
 
@@ -238,7 +238,7 @@ class Classifier:
         if needles:
             _, i, low = min(self._needle_first[n] for n in needles)
             return self._ua_verdicts[key, i, low]
-        if _BROWSER_MARKER_BYTES in user_agent.lower():
+        if BROWSER_MARKER in user_agent.lower():
             return self._browser[key]
         return None
 
