@@ -25,7 +25,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAX_KEYS 64           /* key ids: bits of a mask (and one byte, the user-agent cache key's prefix) */
+#define MAX_KEYS 250          /* key ids fit in one byte (the user-agent cache key's prefix) */
+#define MASKED_KEYS 64        /* the first keys are found through bit masks, the rest one by one */
 #define MAX_HITS 32           /* more evidence attributes than this in one record: decided decoded */
 #define MAX_GROUP_DEPTH 64
 
@@ -152,7 +153,8 @@ typedef struct {
     Py_ssize_t nkeys;
     PyObject *health_paths;   /* tuple of bytes: a path key is reported only if its string starts with one */
     long long min_severity;   /* records at or above it (or with only a severity text) may match a rule */
-    /* An attribute key is compared only with the keys of its length and first byte. */
+    /* An attribute key is compared only with the keys of its length and first byte (of the first
+     * MASKED_KEYS keys; more come only from long custom signature files). */
     uint64_t by_length[64], longer, by_first[256];
 } wanted_t;
 
@@ -185,6 +187,11 @@ static int key_of(const wanted_t *w, const uint8_t *p, Py_ssize_t n)
         PyObject *key = PyTuple_GET_ITEM(w->keys, i);
         if (PyBytes_GET_SIZE(key) == n && memcmp(PyBytes_AS_STRING(key), p, (size_t)n) == 0)
             return i;
+    }
+    for (Py_ssize_t i = MASKED_KEYS; i < w->nkeys; i++) {
+        PyObject *key = PyTuple_GET_ITEM(w->keys, i);
+        if (PyBytes_GET_SIZE(key) == n && memcmp(PyBytes_AS_STRING(key), p, (size_t)n) == 0)
+            return (int)i;
     }
     return -1;
 }
@@ -430,7 +437,7 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
     w.kinds = PyBytes_AS_STRING(kinds);
     PyObject *result = NULL;
     if (w.nkeys > MAX_KEYS || PyBytes_GET_SIZE(kinds) != w.nkeys) {
-        PyErr_SetString(PyExc_ValueError, "keys and kinds must have the same length, at most 64");
+        PyErr_SetString(PyExc_ValueError, "keys and kinds must have the same length, at most 250");
         goto done;
     }
     memset(w.by_length, 0, sizeof w.by_length);
@@ -442,6 +449,8 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
             PyErr_SetString(PyExc_TypeError, "keys must be bytes");
             goto done;
         }
+        if (i >= MASKED_KEYS)
+            continue;
         Py_ssize_t n = PyBytes_GET_SIZE(key);
         uint64_t bit = (uint64_t)1 << i;
         if (n < 64)

@@ -27,7 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from . import wire
-from .classify import Classifier, Verdict
+from .classify import CatalogError, Classifier, Verdict
 from .classify.classifier import BROWSER_MARKER
 from .classify.verdict import SOURCE, SYNTHETIC_TYPE
 from .redact import Redactor
@@ -52,6 +52,12 @@ class EvidenceReader:
     def __init__(self, classifier: Classifier, redactor: Redactor, cache_size: int = 10_000):
         self.classifier = classifier
         self._names = [*classifier.evidence_keys, SYNTHETIC_TYPE, SOURCE]  # a key's id is its place here
+        if len(self._names) > wire.MAX_KEYS:
+            raise CatalogError(
+                f"{len(classifier.evidence_keys)} evidence attribute keys (user agents, paths, addresses and every"
+                f" signature's marker headers); at most {wire.MAX_KEYS - 2} are supported: drop some headers"
+                " from TRIAGE_SIGNATURES_FILE"
+            )
         self._keys = tuple(name.encode() for name in self._names)
         self._kinds = bytes(
             [_KINDS.get(kind, wire.EVIDENCE) for kind in classifier.evidence_keys.values()] + [wire.EVIDENCE, wire.ODD]
@@ -61,21 +67,19 @@ class EvidenceReader:
         # A user agent not seen lately is searched for every signature needle at once, and for the
         # browser marker ranked after them all, with ASCII case ignored (what str.lower() does to
         # ASCII text); other text takes the classifier's path.
-        needles = len(classifier.ua_needles)
+        order = classifier.ua_needle_order
         self._needles = (
             FirstNeedle(
-                [needle.encode() for needle in classifier.ua_needles] + [BROWSER_MARKER],
-                list(classifier.ua_needle_ranks) + [needles],
+                [classifier.ua_needles[n].encode() for n in order] + [BROWSER_MARKER], list(range(len(order) + 1))
             )
             if classifier.ua_needles_ascii
             else None
         )
         # Per key id, by rank: the verdict of a user agent whose first needle has that rank; then a
         # browser's (the marker's rank), then None (no needle at all).
-        self._nothing = needles + 1
-        needle_of_rank = sorted(range(needles), key=classifier.ua_needle_ranks.__getitem__)
+        self._nothing = len(order) + 1
         self._by_needle = [
-            [classifier.user_agent_found(name, b"", frozenset((needle,))) for needle in needle_of_rank]
+            [classifier.user_agent_found(name, b"", frozenset((needle,))) for needle in order]
             + [classifier.user_agent_found(name, BROWSER_MARKER, frozenset()), None]
             if kind == wire.USER_AGENT
             else []
@@ -87,7 +91,7 @@ class EvidenceReader:
         self._redacting = redactor.active
         # A redaction pattern with no literal may match anything: then every record is looked at.
         self._every_record_secret = redactor.active and redactor.literals is None
-        self._secrets = Scanner([(literal, False) for literal in redactor.literals or ()])
+        self._secrets = Scanner(list(redactor.literals or ()))
 
     def read(self, payload: bytes, min_severity: int) -> Evidence:
         """The evidence of every record of the (validated) serialized request ``payload``."""

@@ -31,6 +31,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from . import _wire
 
+MAX_KEYS = 250  # evidence keys index() takes: a key's id is one byte of the user-agent cache key
+
 # What index() does with an attribute whose key is one of the keys it is given.
 EVIDENCE = 0  # report it (its AnyValue)
 PATH = 1  # report it only if its string starts with a health path (or it is not a plain string)
@@ -55,7 +57,7 @@ class Index(NamedTuple):
 
 
 _SCHEMA_FIELDS = 32  # field numbers _wire.c's schema covers (OTLP's logs messages use 1..12)
-_FIELD_OTHER, _FIELD_STRING, _FIELD_MESSAGE = 0, 1, 2
+_FIELD_STRING, _FIELD_MESSAGE = 1, 2  # what _wire.c checks of a field; 0: only its framing
 
 
 def schema(root=ExportLogsServiceRequest.DESCRIPTOR) -> bytes:
@@ -107,22 +109,21 @@ def assemble(payload: bytes, records: list, resources: dict[int, bytes] | None =
 class Scanner:
     """Every occurrence of a set of literals, found in one pass."""
 
-    def __init__(self, literals: list[tuple[bytes, bool]]):
-        """``literals``: (bytes, whether ASCII case is ignored); a literal's id is its index."""
-        if any(not literal for literal, _ in literals):
+    def __init__(self, literals: list[bytes]):
+        """``literals``: matched exactly; a literal's id is its index."""
+        if any(not literal for literal in literals):
             raise ValueError("an empty literal occurs everywhere: look at every record instead of scanning")
         self._database = None
         if literals:
             self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             # Every byte escaped: a literal may hold regex syntax or bytes Hyperscan's parser treats specially.
             self._database.compile(
-                expressions=["".join(f"\\x{b:02x}" for b in literal).encode() for literal, _ in literals],
+                expressions=["".join(f"\\x{b:02x}" for b in literal).encode() for literal in literals],
                 ids=list(range(len(literals))),
                 elements=len(literals),
-                flags=[hyperscan.HS_FLAG_CASELESS if caseless else 0 for _, caseless in literals],
             )
             self._scratch = hyperscan.Scratch(self._database)
-            self._lengths = [len(literal) for literal, _ in literals]
+            self._lengths = [len(literal) for literal in literals]
 
     def positions(self, buf: bytes) -> list[tuple[int, int]]:
         """(literal id, start) of every occurrence in ``buf``, in order of where each ends."""

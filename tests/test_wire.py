@@ -16,7 +16,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from processor.classify import CatalogError, Classifier, Signature
 from processor.config import Config
+from processor.evidence import EvidenceReader
 from processor.redact import Redactor
 from processor.service import build_pipeline
 from processor import wire
@@ -457,3 +459,19 @@ def test_validation_agrees_with_upb_on_damaged_requests(request: ExportLogsServi
             payload[min(at, len(payload) - 1)] = data.draw(st.sampled_from((0x00, 0x80, 0xFF, 0xC0, 0xED, 0x0C, 0x0B, 0x7F)))
     payload = bytes(payload)
     assert (wire.problem(payload) is None) == _upb_accepts(payload), wire.problem(payload)
+
+
+def test_evidence_keys_past_the_masked_ones_are_found() -> None:
+    """index() finds the first 64 keys through bit masks and the rest one by one: both are found."""
+    keys = tuple(f"http.request.header.x-marker-{n}".encode() for n in range(100))
+    record = _record(_kv("http.request.header.x-marker-3", "a"), _kv("http.request.header.x-marker-90", "b"))
+    found = wire.index(_request(record), keys, bytes(len(keys)), (), 13)
+    assert [(r, k) for r, k, _ in found.hits] == [(0, 3), (0, 90)]
+
+
+def test_more_evidence_keys_than_index_takes_are_refused_at_start_up() -> None:
+    signatures = (
+        Signature("many", "synthetic", (), tuple((f"x-marker-{n}", ()) for n in range(wire.MAX_KEYS)), "https://example.com"),
+    )
+    with pytest.raises(CatalogError, match="TRIAGE_SIGNATURES_FILE"):
+        EvidenceReader(Classifier(signatures), Redactor((), ()))

@@ -161,10 +161,9 @@ class Classifier:
         for order, (i, _, pairs) in enumerate(self._ua_signatures):
             for position, (low, _) in enumerate(pairs):
                 self._needle_first.setdefault(needle_index[low], ((order, position), i, low))
-        # Needle index -> its precedence (0 first): of the needles found in a user agent, the one
-        # with the lowest rank decides (what user_agent_found computes from the full set).
-        by_precedence = sorted(self._needle_first, key=self._needle_first.__getitem__)
-        self.ua_needle_ranks: tuple[int, ...] = tuple(by_precedence.index(n) for n in range(len(self.ua_needles)))
+        # Needle indices, first in precedence first: of the needles found in a user agent, the one
+        # that comes first here decides (what user_agent_found computes from the full set).
+        self.ua_needle_order: tuple[int, ...] = tuple(sorted(self._needle_first, key=self._needle_first.__getitem__))
         self.ua_needles_ascii = all(n.isascii() for n in self.ua_needles)
         self.ua_cache_size = ua_cache_size
         self.user_agent = lru_cache(maxsize=ua_cache_size)(self._user_agent)
