@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from processor.downgrade import RulesError, builtin_rules, load_rule_set
-from processor.downgrade.rules import RuleSet
+from processor.downgrade.rules import RuleSet, found_word
 
 AUTH0 = RuleSet(builtin_rules())
 
@@ -75,6 +79,35 @@ def test_auth0_rule_recognises(record: LogRecord) -> None:
 def test_auth0_rule_ignores(record: LogRecord) -> None:
     """Near misses and low severities do not match."""
     assert AUTH0.match(record, record.severity_number) is None
+
+
+WORDS = ("AccessTokenError", "ERR_MISSING_SESSION", "x.y", "Ab")
+# Text built around the words, with what decides a boundary: word characters (ASCII, other scripts'
+# letters and digits, underscore), dots, and other punctuation.
+_PIECES = st.sampled_from((*WORDS, "Access", "Error", "a", "Z", "7", "_", ".", " ", ":", "'", "\n", "é", "٣", "²", "-", "ß"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts=st.lists(st.lists(_PIECES, max_size=12).map("".join), max_size=3), words=st.sets(st.sampled_from(WORDS), min_size=1))
+def test_whole_words_are_found_as_the_regex_finds_them(texts: list[str], words: set[str]) -> None:
+    """``found_word`` (str.find) agrees with the pattern it replaced, on every kind of boundary."""
+    pattern = re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, sorted(words))) + r")(?![\w])")
+    assert found_word(tuple(sorted(words)), texts) == any(pattern.search(t) for t in texts)
+
+
+@pytest.mark.parametrize(
+    "text, found",
+    [
+        ("AccessTokenError: no session", True),
+        ("code: 'ERR_MISSING_SESSION'\n}", True),
+        ("errors.AccessTokenError", False),  # a qualified name is another type
+        ("NotAccessTokenError AccessTokenError2", False),
+        ("NotAccessTokenError then AccessTokenError", True),  # the second occurrence counts
+        ("ÄAccessTokenError", False),  # a letter of another script is a word character too
+    ],
+)
+def test_whole_words(text: str, found: bool) -> None:
+    assert found_word(("AccessTokenError", "ERR_MISSING_SESSION"), [text]) is found
 
 
 class TestRulesFile:

@@ -49,15 +49,15 @@ class Rule:
     codes: frozenset[str]
     body: tuple[re.Pattern[str], ...]
     attributes: tuple[tuple[str, re.Pattern[str]], ...]
-    type_words: re.Pattern[str] | None
-    code_words: re.Pattern[str] | None
+    type_words: tuple[str, ...]  # exception types and codes, searched as whole words in free text
+    code_words: tuple[str, ...]
 
     def matches(self, facts: Facts) -> bool:
         if self.exception_types and not (
-            self.exception_types & facts.types or _found(self.type_words, facts.texts)
+            self.exception_types & facts.types or found_word(self.type_words, facts.texts)
         ):
             return False
-        if self.codes and not (self.codes & facts.codes or _found(self.code_words, facts.texts)):
+        if self.codes and not (self.codes & facts.codes or found_word(self.code_words, facts.texts)):
             return False
         if self.body and not all(_found(p, facts.body_strings) for p in self.body):
             return False
@@ -68,8 +68,29 @@ class Rule:
         return True
 
 
-def _found(pattern: re.Pattern[str] | None, texts: list[str]) -> bool:
-    return pattern is not None and any(pattern.search(t) for t in texts)
+def _found(pattern: re.Pattern[str], texts: list[str]) -> bool:
+    return any(pattern.search(t) for t in texts)
+
+
+def found_word(words: tuple[str, ...], texts: list[str]) -> bool:
+    """Whether one of ``words`` occurs in one of ``texts`` as a whole word: not inside a longer word,
+    and not right after a dot (``AccessTokenError`` but not ``NotAccessTokenError``, ``errors.AccessTokenError``
+    or ``AccessTokenError2``). A word character is what ``\\w`` matches: ``str.isalnum()`` or ``_``.
+
+    What ``(?<![\\w.])(?:word|...)(?!\\w)`` finds, without the regex: ``re`` tries that pattern at every
+    position of the text (~7 µs for a stack trace), where ``str.find`` skips to the candidates.
+    """
+    for text in texts:
+        for word in words:
+            at = text.find(word)
+            while at >= 0:
+                end = at + len(word)
+                if (at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_.")) and (
+                    end == len(text) or not (text[end].isalnum() or text[end] == "_")
+                ):
+                    return True
+                at = text.find(word, at + 1)
+    return False
 
 
 class Facts:
@@ -257,12 +278,6 @@ def _regex(pattern: str, where: str) -> re.Pattern[str]:
         raise RulesError(f"{where}: invalid regular expression {pattern!r}: {e}") from None
 
 
-def _words(values: list[str]) -> re.Pattern[str] | None:
-    if not values:
-        return None
-    return re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, values)) + r")(?![\w])")
-
-
 def _rule(entry: Any) -> Rule:
     name = entry_name(entry, _RULE_KEYS, RulesError)
     severity = entry.get("min_severity_number", 13)
@@ -284,6 +299,6 @@ def _rule(entry: Any) -> Rule:
         codes=frozenset(codes),
         body=body,
         attributes=compiled_attributes,
-        type_words=_words(types),
-        code_words=_words(codes),
+        type_words=tuple(types),
+        code_words=tuple(codes),
     )
