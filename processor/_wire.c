@@ -174,6 +174,8 @@ typedef struct {
     PyObject *groups;         /* per ScopeLogs: (resource_logs index, ResourceLogs and ScopeLogs without
                                  their children, first record, count) */
     PyObject *resources;      /* per ResourceLogs: its resource's bytes (every occurrence, joined) */
+    Py_ssize_t largest;       /* the largest record's size ... */
+    Py_ssize_t most_attributes; /* ... and the most attributes one record has (for the per-record limits) */
 } index_t;
 
 static int key_of(const wanted_t *w, const uint8_t *p, Py_ssize_t n)
@@ -278,6 +280,7 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
     Py_ssize_t trace_start = start, trace_end = start;
     long long severity = 0;
     int has_text = 0, odd = 0, nhits = 0;
+    Py_ssize_t attributes = 0;
     hit_t hits[MAX_HITS];
     while (at < stop) {
         field_t f;
@@ -301,6 +304,7 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
                 odd = 1;
                 break;
             }
+            attributes++;
             if (!read_attribute(w, buf, f.start, f.end, &hit, &ok)) {
                 if (!ok)
                     return malformed();
@@ -328,6 +332,10 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
             break;
         }
     }
+    if (stop - start > out->largest)
+        out->largest = stop - start;
+    if (attributes > out->most_attributes)
+        out->most_attributes = attributes;
     uint32_t span[2] = {(uint32_t)start, (uint32_t)stop};
     Py_ssize_t used = PyByteArray_GET_SIZE(out->spans);
     if (PyByteArray_Resize(out->spans, used + (Py_ssize_t)sizeof span) < 0)
@@ -472,7 +480,7 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
     }
     index_t out = {
         PyByteArray_FromStringAndSize(NULL, 0), PyList_New(0), PyList_New(0), PyList_New(0),
-        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0),
+        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0, 0,
     };
     PyObject **parts = &out.spans;
     int made = 1;
@@ -491,8 +499,8 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
                 ok = index_resource_logs(&w, buf, f.start, f.end, which++, &records, &out);
         }
         if (ok)
-            result = PyTuple_Pack(9, out.spans, out.trace_ids, out.candidates, out.ua_records, out.ua_keys,
-                                  out.hits, out.odd, out.groups, out.resources);
+            result = Py_BuildValue("OOOOOOOOOnn", out.spans, out.trace_ids, out.candidates, out.ua_records, out.ua_keys,
+                                   out.hits, out.odd, out.groups, out.resources, out.largest, out.most_attributes);
     }
     for (int i = 0; i < 9; i++)
         Py_XDECREF(parts[i]);
@@ -968,7 +976,7 @@ done:
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
      "index(payload, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, ua_records, "
-     "ua_keys, hits, odd, groups, resources)"},
+     "ua_keys, hits, odd, groups, resources, largest, most_attributes)"},
     {"assemble", wire_assemble, METH_VARARGS,
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
     {"validate", wire_validate, METH_VARARGS,

@@ -69,23 +69,24 @@ class Limits:
     max_attributes: int = 256
     max_record_bytes: int = 1024 * 1024
 
-    def check(self, sizes: list[int], record_at) -> tuple[set[int], int, str]:
+    def check(self, found: wire.Index, record_at) -> tuple[set[int], int, str]:
         """Refuse a request with too many records; name the over-limit records (-> partial success).
 
-        ``sizes`` are the request's serialized records' sizes, ``record_at(i)`` the i-th decoded. Records
-        are rejected whole, never truncated: a truncated record would be silently wrong.
+        ``found`` is the request's index (its largest record and most attributes tell whether any
+        record is over a limit), ``record_at(i)`` the i-th record decoded. Records are rejected whole,
+        never truncated: a truncated record would be silently wrong.
         """
-        if len(sizes) > self.max_records:
-            raise Rejected(INVALID, f"{len(sizes)} log records in one request; the limit is {self.max_records}")
-        # Every attribute takes at least 2 bytes: only a record this large can break either limit.
-        threshold = min(self.max_record_bytes, 2 * self.max_attributes)
-        if not sizes or max(sizes) <= threshold:
+        spans = found.spans
+        count = len(spans) // 2
+        if count > self.max_records:
+            raise Rejected(INVALID, f"{count} log records in one request; the limit is {self.max_records}")
+        if found.largest <= self.max_record_bytes and found.most_attributes <= self.max_attributes:
             return set(), 0, ""
         rejected = set()
         reasons = set()
-        for i, size in enumerate(sizes):
-            if size <= threshold:
-                continue
+        for i in range(count):
+            size = spans[2 * i + 1] - spans[2 * i]
+            # Every attribute takes at least 2 bytes: only a record this large can have too many.
             if size > 2 * self.max_attributes and len(record_at(i).attributes) > self.max_attributes:
                 rejected.add(i)
                 reasons.add(f"more than {self.max_attributes} attributes")

@@ -22,7 +22,7 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import attrgetter, itemgetter, sub
+from operator import attrgetter, itemgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -135,8 +135,7 @@ class Pipeline:
 
         rejected: set[int] = set()
         if limits is not None:
-            sizes = list(map(sub, spans[1::2], spans[::2]))
-            rejected, stats.rejected, stats.rejected_message = limits.check(sizes, record_at)
+            rejected, stats.rejected, stats.rejected_message = limits.check(found, record_at)
             for index in rejected:  # a rejected record teaches nothing
                 own.pop(index, None)
         # A resource's evidence is its records' own, unless they have better.

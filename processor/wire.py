@@ -54,6 +54,8 @@ class Index(NamedTuple):
     # ^ per ScopeLogs: (ResourceLogs index, that ResourceLogs and this ScopeLogs serialized without their
     #   children, first record, record count)
     resources: list[bytes]  # per ResourceLogs: its resource's bytes (every occurrence, joined)
+    largest: int  # the largest record's size in bytes
+    most_attributes: int  # the most attributes (KeyValue entries) one record has
 
 
 _SCHEMA_FIELDS = 32  # field numbers _wire.c's schema covers (OTLP's logs messages use 1..12)

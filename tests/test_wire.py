@@ -19,6 +19,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor.classify import CatalogError, Classifier, Signature
 from processor.config import Config
 from processor.evidence import EvidenceReader
+from processor.intake import Limits
+from processor.status import Rejected
 from processor.redact import Redactor
 from processor.service import build_pipeline
 from processor import wire
@@ -314,6 +316,27 @@ def test_index_reports_spans_trace_ids_candidates_and_groups() -> None:
     assert [payload[found.spans[2 * i] : found.spans[2 * i + 1]] for i in range(4)] == [r.SerializeToString() for r in records]
 
 
+@pytest.mark.parametrize(
+    "attributes, body, rejected",
+    [
+        (4, 10, set()),  # at both limits: accepted
+        (5, 10, {1}),
+        (1, 400, {1}),
+        (0, 1000, {1}),
+    ],
+)
+def test_records_over_a_limit_are_named(attributes: int, body: int, rejected: set[int]) -> None:
+    """The index's largest record and most attributes decide whether any record is looked at; those
+    over a limit are named (sizes as they came, attributes as upb counts them)."""
+    limits = Limits(max_records=10, max_attributes=4, max_record_bytes=420)
+    odd = _record(*(_kv(f"k{n}", "v") for n in range(attributes)), body=AnyValue(string_value="x" * body))
+    payload = _request(_record(_kv("a", "b")), odd)
+    found = wire.index(payload, (), b"", (), 13)
+    assert limits.check(found, lambda i: LogRecord.FromString(payload[found.spans[2 * i] : found.spans[2 * i + 1]]))[0] == rejected
+    with pytest.raises(Rejected):
+        Limits(max_records=1).check(found, None)
+
+
 def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:
     request = ExportLogsServiceRequest()
     group = request.resource_logs.add()
@@ -361,7 +384,11 @@ def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLog
             pass
         return
     found = wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (b"/healthz",), 13)
-    assert len(found.trace_ids) == sum(len(sl.log_records) for rl in decoded.resource_logs for sl in rl.scope_logs)
+    records = [r for rl in decoded.resource_logs for sl in rl.scope_logs for r in sl.log_records]
+    assert len(found.trace_ids) == len(records)
+    # What the per-record limits go by: attributes as upb counts them, sizes as they came.
+    assert found.most_attributes == max((len(r.attributes) for r in records), default=0)
+    assert found.largest == max((found.spans[2 * i + 1] - found.spans[2 * i] for i in range(len(records))), default=0)
     assert ExportLogsServiceRequest.FromString(wire.assemble(payload, [b""] * len(found.trace_ids))) == decoded
 
 
