@@ -3,18 +3,18 @@
  * Per record, Python's share of the work has to stay below a microsecond for the processor to cost
  * little more than a bytes relay; reading each record's fields in Python costs several. So:
  *
- * - validate() checks the request as upb's decoder would, without building messages: the
- *   intake's check of every protobuf body.
  * - index() walks request -> ResourceLogs -> ScopeLogs -> LogRecord -> KeyValue and reports, per
  *   record, only what the pipeline decides on: where it lies, its trace id, whether a downgrade
- *   rule could apply (severity), and its attributes whose key is one the classifier reads.
+ *   rule could apply (severity), and its attributes whose key is one the classifier reads. On the
+ *   way it checks every byte as upb's decoder would (the intake's check of every body, in the
+ *   same pass): a request upb would refuse gets what is wrong with it instead of an index.
  * - assemble() writes the request to forward: each record with bytes appended (its enrichment;
  *   protobuf merges a repeated field's later entries into the same message), replaced, or left
  *   out, and every enclosing length prefix recomputed.
  * - first_needles() runs the user-agent needle automaton (built in wire.py) over new user agents.
  *
- * index() and assemble() see only requests that passed validate() (or upb's decode), so a
- * malformed buffer there is a bug: it raises ValueError rather than guessing. Anything protobuf
+ * assemble() sees only requests index() found valid, so a malformed buffer there is a bug: it
+ * raises ValueError rather than guessing. Anything protobuf
  * would merge in a way the walk does not model (a KeyValue whose key or value occurs twice, a
  * known field with an unexpected wire type) makes the record "odd": the caller decides it from
  * the decoded record instead. Field numbers are those of opentelemetry/proto (logs.proto,
@@ -28,7 +28,7 @@
 #define MAX_KEYS 250          /* key ids fit in one byte (the user-agent cache key's prefix) */
 #define MASKED_KEYS 64        /* the first keys are found through bit masks, the rest one by one */
 #define MAX_HITS 32           /* more evidence attributes than this in one record: decided decoded */
-#define MAX_GROUP_DEPTH 64
+#define MAX_GROUP_DEPTH 100   /* as deep as the check lets groups nest (MAX_DEPTH) */
 
 enum kind { KIND_EVIDENCE = 0, KIND_PATH = 1, KIND_USER_AGENT = 2, KIND_ODD = 3 };
 
@@ -145,6 +145,241 @@ static int malformed(void)
     return 0;
 }
 
+/* --- validate --------------------------------------------------------------------------------------- */
+/* What upb's decoder refuses, checked without building messages: index() checks the messages it
+ * walks field by field (next_checked) and the others (resources, bodies, values) whole
+ * (validate_fields). The schema comes from the protobuf descriptors
+ * (wire.py): per message type, per field number below SCHEMA_FIELDS, what the field is. As in upb:
+ * a known field with another wire type is an unknown field; unknown fields are skipped (groups
+ * too, nesting checked); strings of proto3 messages must be valid UTF-8; submessages and groups
+ * nest at most MAX_DEPTH deep; a varint has at most 10 bytes, a tag or a length at most 5. */
+
+#define SCHEMA_FIELDS 32
+#define MAX_DEPTH 100
+enum schema_kind { FIELD_OTHER = 0, FIELD_STRING = 1, FIELD_MESSAGE = 2 };
+
+typedef struct {
+    const uint8_t *schema;    /* per type: SCHEMA_FIELDS pairs (kind, message type) */
+    const char *problem;
+} validation_t;
+
+static int utf8_valid(const uint8_t *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        if (i + 8 <= n) { /* ASCII runs 8 bytes at a time */
+            uint64_t chunk;
+            memcpy(&chunk, p + i, 8);
+            if ((chunk & 0x8080808080808080ULL) == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        uint8_t c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int extra;
+        uint32_t min;
+        if (c >= 0xC2 && c <= 0xDF) {
+            extra = 1;
+            min = 0x80;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            extra = 2;
+            min = 0x800;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            extra = 3;
+            min = 0x10000;
+        } else {
+            return 0;
+        }
+        if (n - i <= extra)
+            return 0;
+        uint32_t cp = c & (0x3F >> extra);
+        for (int k = 1; k <= extra; k++) {
+            uint8_t cc = p[i + k];
+            if ((cc & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += extra + 1;
+    }
+    return 1;
+}
+
+static int read_limited(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, int max_bytes, uint64_t *out)
+{
+    Py_ssize_t start = *at;
+    if (!read_varint(buf, at, stop, out))
+        return 0;
+    return *at - start <= max_bytes;
+}
+
+static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group);
+
+/* One field's value after its tag; ``type`` < 0 inside unknown groups (no schema there). */
+static int validate_value(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, uint32_t number, int wire_type, int depth)
+{
+    uint64_t value;
+    int kind = FIELD_OTHER;
+    Py_ssize_t sub = 0;
+    if (type >= 0 && number < SCHEMA_FIELDS) {
+        kind = v->schema[(type * SCHEMA_FIELDS + number) * 2];
+        sub = v->schema[(type * SCHEMA_FIELDS + number) * 2 + 1];
+    }
+    switch (wire_type) {
+    case 0:
+        if (!read_limited(buf, at, stop, 10, &value))
+            return (v->problem = "a varint runs past its message or is longer than 10 bytes"), 0;
+        return 1;
+    case 1:
+    case 5: {
+        Py_ssize_t size = wire_type == 1 ? 8 : 4;
+        if (stop - *at < size)
+            return (v->problem = "a fixed-size value runs past its message"), 0;
+        *at += size;
+        return 1;
+    }
+    case 2: {
+        if (!read_limited(buf, at, stop, 5, &value) || value > (uint64_t)(stop - *at))
+            return (v->problem = "a length-delimited field runs past its message"), 0;
+        Py_ssize_t start = *at;
+        *at += (Py_ssize_t)value;
+        if (kind == FIELD_STRING && !utf8_valid(buf + start, (Py_ssize_t)value))
+            return (v->problem = "a string field is not valid UTF-8"), 0;
+        if (kind == FIELD_MESSAGE)
+            return validate_fields(v, buf, &start, *at, sub, depth + 1, 0);
+        return 1;
+    }
+    case 3: /* a group (only ever unknown here): its fields up to its end tag */
+        return validate_fields(v, buf, at, stop, -1, depth + 1, number);
+    default:
+        return (v->problem = "a field has wire type 4, 6 or 7 where none may be"), 0;
+    }
+}
+
+/* The fields of a message of ``type`` up to ``stop`` (group == 0), or of the group ``group`` up to and
+ * including its end tag; *at is left after them. */
+static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group)
+{
+    if (depth > MAX_DEPTH)
+        return (v->problem = "messages or groups nested more than 100 deep"), 0;
+    while (*at < stop) {
+        uint64_t tag;
+        if (!read_limited(buf, at, stop, 5, &tag) || tag > 0xFFFFFFFFULL)
+            return (v->problem = "a field tag is malformed"), 0;
+        uint32_t number = (uint32_t)(tag >> 3);
+        int wire_type = (int)(tag & 7);
+        if (number == 0)
+            return (v->problem = "a field has number 0"), 0;
+        if (wire_type == 4) {
+            if (group != 0 && number == group)
+                return 1;
+            return (v->problem = "an end-group tag matches no group"), 0;
+        }
+        if (!validate_value(v, buf, at, stop, type, number, wire_type, depth))
+            return 0;
+    }
+    if (group != 0)
+        return (v->problem = "a group has no end tag"), 0;
+    return 1;
+}
+
+/* 64 bytes per message type, the first the request's; every message field names a type. */
+static int schema_valid(PyObject *schema)
+{
+    const uint8_t *table = (const uint8_t *)PyBytes_AS_STRING(schema);
+    Py_ssize_t types = PyBytes_GET_SIZE(schema) / (SCHEMA_FIELDS * 2);
+    if (types < 1 || PyBytes_GET_SIZE(schema) % (SCHEMA_FIELDS * 2) != 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < types * SCHEMA_FIELDS; i++) {
+        if (table[2 * i] == FIELD_MESSAGE && table[2 * i + 1] >= types)
+            return 0;
+    }
+    return 1;
+}
+
+/* The content of a length-delimited field of a message of ``type`` at ``depth``, as validate_value
+ * checks it: a string's UTF-8, a submessage's fields. */
+static int check_content(validation_t *v, const uint8_t *buf, const field_t *f, Py_ssize_t type, int depth)
+{
+    if (f->number >= SCHEMA_FIELDS)
+        return 1;
+    int kind = v->schema[(type * SCHEMA_FIELDS + f->number) * 2];
+    if (kind == FIELD_STRING && !utf8_valid(buf + f->start, f->end - f->start))
+        return (v->problem = "a string field is not valid UTF-8"), 0;
+    if (kind == FIELD_MESSAGE) {
+        Py_ssize_t at = f->start;
+        return validate_fields(v, buf, &at, f->end, v->schema[(type * SCHEMA_FIELDS + f->number) * 2 + 1], depth + 1, 0);
+    }
+    return 1;
+}
+
+/* The next field of a message of ``type`` at ``depth``, read into *f as validate_fields reads it,
+ * and its content checked, except that of a length-delimited field numbered ``walked``: the caller
+ * walks that one itself. */
+static int next_checked(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth,
+                        uint32_t walked, field_t *f)
+{
+    f->tag_at = *at;
+    f->value = 0;
+    if (stop - *at >= 2 && buf[*at] >= 0x08 && buf[*at] < 0x80 && (buf[*at] & 7) == 2 && buf[*at + 1] < 0x80) {
+        /* the usual: a one-byte tag and a length below 128 */
+        f->number = buf[*at] >> 3;
+        f->wire_type = 2;
+        f->start = *at + 2;
+        f->end = f->start + buf[*at + 1];
+        if (f->end > stop)
+            return (v->problem = "a length-delimited field runs past its message"), 0;
+        *at = f->end;
+    } else {
+        uint64_t tag, length;
+        if (!read_limited(buf, at, stop, 5, &tag) || tag > 0xFFFFFFFFULL)
+            return (v->problem = "a field tag is malformed"), 0;
+        f->number = (uint32_t)(tag >> 3);
+        f->wire_type = (int)(tag & 7);
+        if (f->number == 0)
+            return (v->problem = "a field has number 0"), 0;
+        switch (f->wire_type) {
+        case 0:
+            if (!read_limited(buf, at, stop, 10, &f->value))
+                return (v->problem = "a varint runs past its message or is longer than 10 bytes"), 0;
+            break;
+        case 1:
+        case 5: {
+            Py_ssize_t size = f->wire_type == 1 ? 8 : 4;
+            if (stop - *at < size)
+                return (v->problem = "a fixed-size value runs past its message"), 0;
+            *at += size;
+            break;
+        }
+        case 2:
+            if (!read_limited(buf, at, stop, 5, &length) || length > (uint64_t)(stop - *at))
+                return (v->problem = "a length-delimited field runs past its message"), 0;
+            f->start = *at;
+            *at += (Py_ssize_t)length;
+            f->end = *at;
+            break;
+        case 3: /* a group (only ever unknown here): its fields up to its end tag */
+            if (!validate_fields(v, buf, at, stop, -1, depth + 1, f->number))
+                return 0;
+            break;
+        case 4:
+            return (v->problem = "an end-group tag matches no group"), 0;
+        default:
+            return (v->problem = "a field has wire type 4, 6 or 7 where none may be"), 0;
+        }
+        if (f->wire_type != 2)
+            f->start = f->end = *at;
+    }
+    if (f->wire_type == 2 && f->number != walked)
+        return check_content(v, buf, f, type, depth);
+    return 1;
+}
+
 /* --- index ----------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -156,6 +391,8 @@ typedef struct {
     /* An attribute key is compared only with the keys of its length and first byte (of the first
      * MASKED_KEYS keys; more come only from long custom signature files). */
     uint64_t by_length[64], longer, by_first[256];
+    validation_t v;           /* the walk checks what it walks as validate() would */
+    Py_ssize_t resource_logs_type, scope_logs_type, record_type, kv_type, any_type; /* in v.schema */
 } wanted_t;
 
 typedef struct {
@@ -227,14 +464,12 @@ static int append_new(PyObject *list, PyObject *item)
     return failed == 0;
 }
 
-/* One KeyValue: its key's id (or -1) and its AnyValue; 0 = odd (key or value twice, unusual wire types). */
-static int read_attribute(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, hit_t *hit, int *ok)
+/* One KeyValue at ``depth``, checked as validate() checks it: its key's id (or -1) and its AnyValue;
+ * *odd if protobuf would merge it in a way the walk does not model (key or value twice, unusual wire types). */
+static int read_attribute(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, int depth, hit_t *hit, int *odd)
 {
-    Py_ssize_t at = start;
-    int keys = 0, values = 0;
-    Py_ssize_t key_start = start, key_end = start;
+    *odd = 0;
     hit->start = hit->end = stop;
-    *ok = 1;
     /* What every exporter writes: 0x0a len key [0x12 len value] (lengths in one or two bytes), nothing else. */
     if (stop - start >= 2 && buf[start] == 0x0A && buf[start + 1] < 0x80) {
         Py_ssize_t key_stop = start + 2 + buf[start + 1], value_at = -1;
@@ -247,25 +482,30 @@ static int read_attribute(const wanted_t *w, const uint8_t *buf, Py_ssize_t star
                  key_stop + 3 + ((buf[key_stop + 1] & 0x7F) | (Py_ssize_t)buf[key_stop + 2] << 7) == stop)
             value_at = key_stop + 3;
         if (value_at >= 0) {
+            if (!utf8_valid(buf + start + 2, buf[start + 1]))
+                return (w->v.problem = "a string field is not valid UTF-8"), 0;
+            Py_ssize_t at = value_at;
+            if (!validate_fields(&w->v, buf, &at, stop, w->any_type, depth + 1, 0))
+                return 0;
             hit->start = value_at;
             hit->key = key_of(w, buf + start + 2, buf[start + 1]);
             return 1;
         }
     }
+    Py_ssize_t at = start, key_start = start, key_end = start;
+    int keys = 0, values = 0;
     while (at < stop) {
         field_t f;
-        if (!next_field(buf, &at, stop, &f)) {
-            *ok = 0;
+        if (!next_checked(&w->v, buf, &at, stop, w->kv_type, depth, 0, &f))
             return 0;
-        }
         if (f.number == 1) {
             if (f.wire_type != 2 || keys++)
-                return 0;
+                *odd = 1;
             key_start = f.start;
             key_end = f.end;
         } else if (f.number == 2) {
             if (f.wire_type != 2 || values++)
-                return 0;
+                *odd = 1;
             hit->start = f.start;
             hit->end = f.end;
         }
@@ -274,7 +514,8 @@ static int read_attribute(const wanted_t *w, const uint8_t *buf, Py_ssize_t star
     return 1;
 }
 
-static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long record, index_t *out)
+/* One LogRecord at ``depth``; 0 with w->v.problem set if it is not valid, or with an exception. */
+static int index_record(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, int depth, long record, index_t *out)
 {
     Py_ssize_t at = start;
     Py_ssize_t trace_start = start, trace_end = start;
@@ -284,8 +525,8 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
     hit_t hits[MAX_HITS];
     while (at < stop) {
         field_t f;
-        if (!next_field(buf, &at, stop, &f))
-            return malformed();
+        if (!next_checked(&w->v, buf, &at, stop, w->record_type, depth, 6, &f))
+            return 0;
         switch (f.number) {
         case 2: /* severity_number: an int32 enum; the last occurrence wins */
             if (f.wire_type != 0)
@@ -299,15 +540,15 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
             break;
         case 6: { /* attributes */
             hit_t hit;
-            int ok;
+            int odd_attribute;
             if (f.wire_type != 2) {
                 odd = 1;
                 break;
             }
             attributes++;
-            if (!read_attribute(w, buf, f.start, f.end, &hit, &ok)) {
-                if (!ok)
-                    return malformed();
+            if (!read_attribute(w, buf, f.start, f.end, depth + 1, &hit, &odd_attribute))
+                return 0;
+            if (odd_attribute) {
                 odd = 1;
                 break;
             }
@@ -368,15 +609,15 @@ static int index_record(const wanted_t *w, const uint8_t *buf, Py_ssize_t start,
     return 1;
 }
 
-static int index_scope_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long *records, index_t *out)
+static int index_scope_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, int depth, long *records, index_t *out)
 {
     Py_ssize_t at = start;
     while (at < stop) {
         field_t f;
-        if (!next_field(buf, &at, stop, &f))
-            return malformed();
+        if (!next_checked(&w->v, buf, &at, stop, w->scope_logs_type, depth, 2, &f))
+            return 0;
         if (f.number == 2 && f.wire_type == 2) {
-            if (!index_record(w, buf, f.start, f.end, *records, out))
+            if (!index_record(w, buf, f.start, f.end, depth + 1, *records, out))
                 return 0;
             (*records)++;
         }
@@ -384,8 +625,8 @@ static int index_scope_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t st
     return 1;
 }
 
-/* The message buf[start:stop] without its fields ``number`` (its children): what a held record keeps
- * of the ResourceLogs and ScopeLogs it came in. */
+/* The message buf[start:stop] (already checked) without its fields ``number`` (its children): what a
+ * held record keeps of the ResourceLogs and ScopeLogs it came in. */
 static PyObject *without(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, uint32_t number)
 {
     PyObject *kept = PyBytes_FromStringAndSize(NULL, 0);
@@ -403,28 +644,52 @@ static PyObject *without(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, 
     return kept;
 }
 
-static int index_resource_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, long which, long *records, index_t *out)
+typedef struct {
+    Py_ssize_t start, end;
+    long first, count;
+} scope_t;
+
+static int index_resource_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, int depth, long which,
+                               long *records, index_t *out)
 {
-    Py_ssize_t at = start;
+    Py_ssize_t at = start, nscopes = 0, capacity = 0;
+    scope_t *scopes = NULL;
     PyObject *resource = PyBytes_FromStringAndSize(NULL, 0);
-    PyObject *skeleton = without(buf, start, stop, 2);
-    int ok = resource != NULL && skeleton != NULL;
+    int ok = resource != NULL;
     while (ok && at < stop) {
         field_t f;
-        if (!next_field(buf, &at, stop, &f)) {
-            ok = malformed();
+        if (!next_checked(&w->v, buf, &at, stop, w->resource_logs_type, depth, 2, &f)) {
+            ok = 0;
         } else if (f.number == 1 && f.wire_type == 2) {
             PyBytes_ConcatAndDel(&resource, PyBytes_FromStringAndSize((const char *)buf + f.start, f.end - f.start));
             ok = resource != NULL;
         } else if (f.number == 2 && f.wire_type == 2) {
             long first = *records;
-            PyObject *scope = without(buf, f.start, f.end, 2);
-            ok = scope != NULL && index_scope_logs(w, buf, f.start, f.end, records, out);
+            ok = index_scope_logs(w, buf, f.start, f.end, depth + 1, records, out);
+            if (ok && nscopes == capacity) {
+                capacity = capacity ? 2 * capacity : 4;
+                scope_t *grown = PyMem_Realloc(scopes, (size_t)capacity * sizeof *scopes);
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    ok = 0;
+                } else {
+                    scopes = grown;
+                }
+            }
             if (ok)
-                ok = append_new(out->groups, Py_BuildValue("lOOll", which, skeleton, scope, first, *records - first));
-            Py_XDECREF(scope);
+                scopes[nscopes++] = (scope_t){f.start, f.end, first, *records - first};
         }
     }
+    /* The skeletons only once the whole ResourceLogs is known to be valid. */
+    PyObject *skeleton = ok ? without(buf, start, stop, 2) : NULL;
+    ok = ok && skeleton != NULL;
+    for (Py_ssize_t i = 0; ok && i < nscopes; i++) {
+        PyObject *scope = without(buf, scopes[i].start, scopes[i].end, 2);
+        ok = scope != NULL &&
+             append_new(out->groups, Py_BuildValue("lOOll", which, skeleton, scope, scopes[i].first, scopes[i].count));
+        Py_XDECREF(scope);
+    }
+    PyMem_Free(scopes);
     Py_XDECREF(skeleton);
     if (!ok) {
         Py_XDECREF(resource);
@@ -433,17 +698,42 @@ static int index_resource_logs(const wanted_t *w, const uint8_t *buf, Py_ssize_t
     return append_new(out->resources, resource);
 }
 
+/* The message type of field ``number`` of ``type`` in the schema, or -1 if it is not a message field. */
+static Py_ssize_t field_type(const uint8_t *schema, Py_ssize_t types, Py_ssize_t type, uint32_t number)
+{
+    if (type < 0 || type >= types || schema[(type * SCHEMA_FIELDS + number) * 2] != FIELD_MESSAGE)
+        return -1;
+    return schema[(type * SCHEMA_FIELDS + number) * 2 + 1];
+}
+
 static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
 {
     Py_buffer payload;
     wanted_t w;
-    PyObject *kinds;
-    if (!PyArg_ParseTuple(args, "y*O!O!O!L", &payload, &PyTuple_Type, &w.keys, &PyBytes_Type, &kinds,
-                          &PyTuple_Type, &w.health_paths, &w.min_severity))
+    PyObject *kinds, *schema;
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!L", &payload, &PyBytes_Type, &schema, &PyTuple_Type, &w.keys, &PyBytes_Type,
+                          &kinds, &PyTuple_Type, &w.health_paths, &w.min_severity))
         return NULL;
     w.nkeys = PyTuple_GET_SIZE(w.keys);
     w.kinds = PyBytes_AS_STRING(kinds);
+    w.v.schema = (const uint8_t *)PyBytes_AS_STRING(schema);
+    w.v.problem = NULL;
     PyObject *result = NULL;
+    Py_ssize_t types = PyBytes_GET_SIZE(schema) / (SCHEMA_FIELDS * 2);
+    if (!schema_valid(schema)) {
+        PyErr_SetString(PyExc_ValueError, "schema: 64 bytes per message type, the request's first, every message field naming one");
+        goto done;
+    }
+    /* request.resource_logs, .scope_logs, .log_records, .attributes, KeyValue.value */
+    w.resource_logs_type = field_type(w.v.schema, types, 0, 1);
+    w.scope_logs_type = field_type(w.v.schema, types, w.resource_logs_type, 2);
+    w.record_type = field_type(w.v.schema, types, w.scope_logs_type, 2);
+    w.kv_type = field_type(w.v.schema, types, w.record_type, 6);
+    w.any_type = field_type(w.v.schema, types, w.kv_type, 2);
+    if (w.any_type < 0) {
+        PyErr_SetString(PyExc_ValueError, "schema: not that of an ExportLogsServiceRequest");
+        goto done;
+    }
     if (w.nkeys > MAX_KEYS || PyBytes_GET_SIZE(kinds) != w.nkeys) {
         PyErr_SetString(PyExc_ValueError, "keys and kinds must have the same length, at most 250");
         goto done;
@@ -493,14 +783,16 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
         int ok = 1;
         while (ok && at < stop) {
             field_t f;
-            if (!next_field(buf, &at, stop, &f))
-                ok = malformed();
+            if (!next_checked(&w.v, buf, &at, stop, 0, 0, 1, &f))
+                ok = 0;
             else if (f.number == 1 && f.wire_type == 2)
-                ok = index_resource_logs(&w, buf, f.start, f.end, which++, &records, &out);
+                ok = index_resource_logs(&w, buf, f.start, f.end, 1, which++, &records, &out);
         }
         if (ok)
             result = Py_BuildValue("OOOOOOOOOnn", out.spans, out.trace_ids, out.candidates, out.ua_records, out.ua_keys,
                                    out.hits, out.odd, out.groups, out.resources, out.largest, out.most_attributes);
+        else if (!PyErr_Occurred()) /* not valid: what is wrong, instead of the index */
+            result = PyUnicode_FromString(w.v.problem);
     }
     for (int i = 0; i < 9; i++)
         Py_XDECREF(parts[i]);
@@ -728,177 +1020,6 @@ done:
     return result;
 }
 
-/* --- validate --------------------------------------------------------------------------------------- */
-/* What upb's decoder refuses, checked in one pass without building messages (measured: ~5x cheaper
- * than the decode the intake used to validate with). The schema comes from the protobuf descriptors
- * (wire.py): per message type, per field number below SCHEMA_FIELDS, what the field is. As in upb:
- * a known field with another wire type is an unknown field; unknown fields are skipped (groups
- * too, nesting checked); strings of proto3 messages must be valid UTF-8; submessages and groups
- * nest at most MAX_DEPTH deep; a varint has at most 10 bytes, a tag or a length at most 5. */
-
-#define SCHEMA_FIELDS 32
-#define MAX_DEPTH 100
-enum schema_kind { FIELD_OTHER = 0, FIELD_STRING = 1, FIELD_MESSAGE = 2 };
-
-typedef struct {
-    const uint8_t *schema;    /* per type: SCHEMA_FIELDS pairs (kind, message type) */
-    const char *problem;
-} validation_t;
-
-static int utf8_valid(const uint8_t *p, Py_ssize_t n)
-{
-    Py_ssize_t i = 0;
-    while (i < n) {
-        if (i + 8 <= n) { /* ASCII runs 8 bytes at a time */
-            uint64_t chunk;
-            memcpy(&chunk, p + i, 8);
-            if ((chunk & 0x8080808080808080ULL) == 0) {
-                i += 8;
-                continue;
-            }
-        }
-        uint8_t c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        int extra;
-        uint32_t min;
-        if (c >= 0xC2 && c <= 0xDF) {
-            extra = 1;
-            min = 0x80;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            extra = 2;
-            min = 0x800;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            extra = 3;
-            min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (n - i <= extra)
-            return 0;
-        uint32_t cp = c & (0x3F >> extra);
-        for (int k = 1; k <= extra; k++) {
-            uint8_t cc = p[i + k];
-            if ((cc & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (cc & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += extra + 1;
-    }
-    return 1;
-}
-
-static int read_limited(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, int max_bytes, uint64_t *out)
-{
-    Py_ssize_t start = *at;
-    if (!read_varint(buf, at, stop, out))
-        return 0;
-    return *at - start <= max_bytes;
-}
-
-static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group);
-
-/* One field's value after its tag; ``type`` < 0 inside unknown groups (no schema there). */
-static int validate_value(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, uint32_t number, int wire_type, int depth)
-{
-    uint64_t value;
-    int kind = FIELD_OTHER;
-    Py_ssize_t sub = 0;
-    if (type >= 0 && number < SCHEMA_FIELDS) {
-        kind = v->schema[(type * SCHEMA_FIELDS + number) * 2];
-        sub = v->schema[(type * SCHEMA_FIELDS + number) * 2 + 1];
-    }
-    switch (wire_type) {
-    case 0:
-        if (!read_limited(buf, at, stop, 10, &value))
-            return (v->problem = "a varint runs past its message or is longer than 10 bytes"), 0;
-        return 1;
-    case 1:
-    case 5: {
-        Py_ssize_t size = wire_type == 1 ? 8 : 4;
-        if (stop - *at < size)
-            return (v->problem = "a fixed-size value runs past its message"), 0;
-        *at += size;
-        return 1;
-    }
-    case 2: {
-        if (!read_limited(buf, at, stop, 5, &value) || value > (uint64_t)(stop - *at))
-            return (v->problem = "a length-delimited field runs past its message"), 0;
-        Py_ssize_t start = *at;
-        *at += (Py_ssize_t)value;
-        if (kind == FIELD_STRING && !utf8_valid(buf + start, (Py_ssize_t)value))
-            return (v->problem = "a string field is not valid UTF-8"), 0;
-        if (kind == FIELD_MESSAGE)
-            return validate_fields(v, buf, &start, *at, sub, depth + 1, 0);
-        return 1;
-    }
-    case 3: /* a group (only ever unknown here): its fields up to its end tag */
-        return validate_fields(v, buf, at, stop, -1, depth + 1, number);
-    default:
-        return (v->problem = "a field has wire type 4, 6 or 7 where none may be"), 0;
-    }
-}
-
-/* The fields of a message of ``type`` up to ``stop`` (group == 0), or of the group ``group`` up to and
- * including its end tag; *at is left after them. */
-static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group)
-{
-    if (depth > MAX_DEPTH)
-        return (v->problem = "messages or groups nested more than 100 deep"), 0;
-    while (*at < stop) {
-        uint64_t tag;
-        if (!read_limited(buf, at, stop, 5, &tag) || tag > 0xFFFFFFFFULL)
-            return (v->problem = "a field tag is malformed"), 0;
-        uint32_t number = (uint32_t)(tag >> 3);
-        int wire_type = (int)(tag & 7);
-        if (number == 0)
-            return (v->problem = "a field has number 0"), 0;
-        if (wire_type == 4) {
-            if (group != 0 && number == group)
-                return 1;
-            return (v->problem = "an end-group tag matches no group"), 0;
-        }
-        if (!validate_value(v, buf, at, stop, type, number, wire_type, depth))
-            return 0;
-    }
-    if (group != 0)
-        return (v->problem = "a group has no end tag"), 0;
-    return 1;
-}
-
-static PyObject *wire_validate(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    Py_buffer payload;
-    PyObject *schema;
-    if (!PyArg_ParseTuple(args, "y*O!", &payload, &PyBytes_Type, &schema))
-        return NULL;
-    validation_t v = {(const uint8_t *)PyBytes_AS_STRING(schema), NULL};
-    Py_ssize_t types = PyBytes_GET_SIZE(schema) / (SCHEMA_FIELDS * 2);
-    PyObject *result = NULL;
-    if (types < 1 || PyBytes_GET_SIZE(schema) % (SCHEMA_FIELDS * 2) != 0) {
-        PyErr_SetString(PyExc_ValueError, "schema: 64 bytes per message type, the request's first");
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < types * SCHEMA_FIELDS; i++) {
-        if (v.schema[2 * i] == FIELD_MESSAGE && v.schema[2 * i + 1] >= types) {
-            PyErr_SetString(PyExc_ValueError, "schema: a message field names no type");
-            goto done;
-        }
-    }
-    Py_ssize_t at = 0;
-    if (validate_fields(&v, payload.buf, &at, payload.len, 0, 0, 0))
-        result = Py_NewRef(Py_None);
-    else
-        result = PyUnicode_FromString(v.problem);
-done:
-    PyBuffer_Release(&payload);
-    return result;
-}
-
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
@@ -975,12 +1096,10 @@ done:
 
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
-     "index(payload, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, ua_records, "
-     "ua_keys, hits, odd, groups, resources, largest, most_attributes)"},
+     "index(payload, schema, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, ua_records, "
+     "ua_keys, hits, odd, groups, resources, largest, most_attributes); or, if upb would not decode payload, what is wrong"},
     {"assemble", wire_assemble, METH_VARARGS,
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
-    {"validate", wire_validate, METH_VARARGS,
-     "validate(payload, schema) -> None if upb would decode payload as the schema's first type, else what is wrong"},
     {"first_needles", wire_first_needles, METH_VARARGS,
      "first_needles(values, skip, none, classes, delta, ranks, width) -> list: per AnyValue, the lowest rank of a needle "
      "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},

@@ -122,18 +122,20 @@ class Intake:
         """
         self.admit(len(payload))
         if encoding == PROTOBUF:
-            # Checked without decoding; upb has the last word on a body the check refuses (and says why).
-            problem = wire.problem(payload)
-            if problem is not None:
-                self.decode(payload, encoding)
-                log.warning("upb decoded a body the wire check refused (%s); forwarding it", problem)
             serialized = payload
         else:
             # The pipeline works on the protobuf wire form: in JSON a key or a secret can be written with
             # escapes (user_agent\u002eoriginal) that no byte search would find.
             serialized = self.decode(payload, encoding).SerializeToString()
         now = time.monotonic()
-        forward, stats = self.pipeline.process_wire(serialized, now, self.limits)
+        try:
+            # The pipeline's walk checks the body as upb would, without decoding it ...
+            forward, stats = self.pipeline.process_wire(serialized, now, self.limits)
+        except wire.Malformed as problem:
+            # ... and upb has the last word on a body the walk refuses (and says why to the client).
+            decoded = self.decode(payload, encoding)
+            log.warning("upb decoded a body the wire check refused (%s); forwarding it as upb re-encodes it", problem)
+            forward, stats = self.pipeline.process_wire(decoded.SerializeToString(), now, self.limits)
         if stats.rejected:
             self.metrics.records_rejected.labels("limits").inc(stats.rejected)
         for rule, count in stats.redactions.items():

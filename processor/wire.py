@@ -5,18 +5,17 @@ else the pipeline does, and most records need only a few prepared bytes appended
 
 - ``index`` (C, ``_wire.c``) walks the request once and reports per record only what the pipeline
   decides on: where the record lies, its trace id, whether a downgrade rule could apply, and its
-  attributes whose key the classifier reads (``Index``).
+  attributes whose key the classifier reads (``Index``). On the way it checks the request as upb's
+  decoder would, without building messages, and raises ``Malformed`` for one upb would refuse: the
+  intake's check of every protobuf body costs no pass of its own (``problem`` says the same alone).
 - ``assemble`` (C) writes the request to forward: each record with its enrichment appended
   (protobuf merges a repeated field's later entries into the same message), replaced, or left
   out, and every enclosing length prefix recomputed. Everything else is copied byte for byte.
-- ``problem`` (C) says whether upb would decode the request, and if not why, without building
-  messages: the intake's check of every protobuf body (the decode it replaces cost more than the
-  rest of the walk).
 - ``Scanner`` finds the redactor's literals in a whole request in one pass (Hyperscan, a SIMD
   multi-literal search); ``FirstNeedle`` (an automaton run in C) the first user-agent signature
   needle in each of a request's new user agents.
 
-``index`` and ``assemble`` only ever see requests that passed ``problem`` (or upb's decode).
+``assemble`` only ever sees requests ``index`` found valid.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ _FIELD_STRING, _FIELD_MESSAGE = 1, 2  # what _wire.c checks of a field; 0: only 
 
 
 def schema(root=ExportLogsServiceRequest.DESCRIPTOR) -> bytes:
-    """What ``_wire.validate`` checks, from the protobuf descriptors: per message type reachable from
+    """What ``_wire.index`` checks, from the protobuf descriptors: per message type reachable from
     ``root`` (``root`` first), per field number, (kind, message type index)."""
     types = [root]
     table = bytearray()
@@ -90,15 +89,28 @@ def schema(root=ExportLogsServiceRequest.DESCRIPTOR) -> bytes:
 _LOGS_SCHEMA = schema()
 
 
-def problem(payload: bytes) -> str | None:
-    """None if upb decodes ``payload`` as an ExportLogsServiceRequest; else what is wrong with it."""
-    return _wire.validate(payload, _LOGS_SCHEMA)
+class Malformed(ValueError):
+    """A body upb would not decode as an ExportLogsServiceRequest; the message says what is wrong."""
 
 
 def index(payload: bytes, keys: tuple[bytes, ...], kinds: bytes, health_paths: tuple[bytes, ...], min_severity: int) -> Index:
-    """Walk a (validated) serialized ExportLogsServiceRequest; ``kinds[i]`` says what to do with ``keys[i]``."""
-    spans, *rest = _wire.index(payload, keys, kinds, health_paths, min_severity)
+    """Walk a serialized ExportLogsServiceRequest; ``kinds[i]`` says what to do with ``keys[i]``.
+
+    Raises ``Malformed`` if upb would not decode ``payload``."""
+    found = _wire.index(payload, _LOGS_SCHEMA, keys, kinds, health_paths, min_severity)
+    if isinstance(found, str):
+        raise Malformed(found)
+    spans, *rest = found
     return Index(memoryview(spans).cast("I"), *rest)
+
+
+def problem(payload: bytes) -> str | None:
+    """None if upb decodes ``payload`` as an ExportLogsServiceRequest; else what is wrong with it."""
+    try:
+        index(payload, (), b"", (), 0)
+    except Malformed as malformed:
+        return str(malformed)
+    return None
 
 
 def assemble(payload: bytes, records: list, resources: dict[int, bytes] | None = None) -> bytes:

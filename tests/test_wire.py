@@ -369,7 +369,7 @@ def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:
 @_settings(300)
 @given(gen.requests(max_resources=2, max_records=4), st.data())
 def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLogsServiceRequest, data) -> None:
-    """Whatever upb accepts, the walk reads and writes back unchanged; what it refuses, index refuses too (no crash)."""
+    """Whatever upb accepts, the walk reads and writes back unchanged; what it refuses, index refuses as Malformed."""
     payload = bytearray(request.SerializeToString())
     if payload:
         for _ in range(data.draw(st.integers(1, 3))):
@@ -378,10 +378,8 @@ def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLog
     try:
         decoded = ExportLogsServiceRequest.FromString(payload)
     except Exception:
-        try:
+        with pytest.raises(wire.Malformed):
             wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (b"/healthz",), 13)
-        except ValueError:
-            pass
         return
     found = wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (b"/healthz",), 13)
     records = [r for rl in decoded.resource_logs for sl in rl.scope_logs for r in sl.log_records]
@@ -435,6 +433,19 @@ def _group(depth: int) -> bytes:
     return _tag(101, 3) * depth + _tag(101, 4) * depth
 
 
+def _in_attribute(levels: int, inner: bytes = b"", extra: bytes = b"") -> bytes:
+    """A request whose first record's attribute value nests ``levels`` array values; ``extra`` ends the
+    KeyValue (an unknown field takes it off the usual framing)."""
+    value = _field(1, b"x") + inner
+    for _ in range(levels):
+        value = _field(5, _field(1, value))
+    return _field(1, _field(2, _field(2, _field(6, _field(1, b"k") + _field(2, value) + extra))))
+
+
+def _in_record(content: bytes) -> bytes:
+    return _field(1, _field(2, _field(2, content)))
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -463,6 +474,25 @@ def _group(depth: int) -> bytes:
         _nested(49),
         _group(100),
         _group(101),
+        # Every level the walk reads field by field, and what it hands to the whole-message check.
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"\xff")))),  # a value that is not UTF-8
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v")) + _field(1, b"\xff"))),  # a second key
+        _in_record(_field(3, b"\xc0\x80")),  # severity_text
+        _in_record(_field(12, b"\xff")),  # event_name
+        _in_record(_field(9, b"\xff" * 16)),  # trace_id: bytes, anything goes
+        _in_record(_field(5, _field(1, b"\xff"))),  # the body
+        _in_record(_group(2)),
+        _field(1, _field(2, _field(1, _field(1, b"\xff")))),  # the scope's name
+        _field(1, _field(2, _field(3, b"\xff"))),  # the scope's schema_url
+        _field(1, _field(1, _field(1, _field(1, b"\xff")))),  # a resource attribute's key
+        _field(1, _field(3, b"\xff")),  # the resource's schema_url
+        _field(1, _group(3)),
+        _group(1) + _field(1, b""),
+        _field(1, _field(2, _field(2, b"") + _tag(7, 6))),  # wire type 6 after a record
+        _in_attribute(47, _group(1)),  # 100 deep: the most upb decodes
+        _in_attribute(47, _group(2)),
+        _in_attribute(47, _group(1), extra=_field(3, b"")),
+        _in_attribute(47, _group(2), extra=_field(3, b"")),
     ],
 )
 def test_validation_agrees_with_upb(payload: bytes) -> None:

@@ -4,7 +4,7 @@
 
 Targets:
   proto  bytes -> Intake.decode (protobuf) -> Pipeline.process (with the payload) in every configuration;
-         wire.problem (the intake's check) agrees with upb
+         wire.problem (the check the intake's walk makes) agrees with upb
   json   bytes -> Intake.decode (OTLP/JSON) -> Pipeline.process in every configuration
   gzip   bytes -> decompress (gzip, a 4 KiB limit) -> Intake.decode (protobuf)
   rules  a record built from the bytes -> RuleSet.match, Classifier.evidence
