@@ -499,6 +499,21 @@ def test_validation_agrees_with_upb(payload: bytes) -> None:
     assert (wire.problem(payload) is None) == _upb_accepts(payload), wire.problem(payload)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _in_record(_group(96)),  # a record's unknown group, as deep as upb takes it
+        _field(1, _field(2, _group(97) + _field(2, b""))),  # in a ScopeLogs, cut off a held record's skeleton
+        _field(1, _group(98) + _field(2, _field(2, b""))),  # in a ResourceLogs, likewise
+    ],
+)
+def test_deeply_nested_unknown_groups_are_walked_and_kept(payload: bytes) -> None:
+    """What the check lets through, the walk and the skeletons skip too (they once stopped at 64 deep)."""
+    assert _upb_accepts(payload)
+    found = wire.index(payload, (), b"", (), 13)
+    assert len(found.trace_ids) == 1 and wire.assemble(payload, [b""]) == payload
+
+
 @_settings(400)
 @given(gen.requests(max_resources=2, max_records=4), st.data())
 def test_validation_agrees_with_upb_on_damaged_requests(request: ExportLogsServiceRequest, data) -> None:
