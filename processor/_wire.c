@@ -163,7 +163,8 @@ typedef struct {
     const char *problem;
 } validation_t;
 
-static int utf8_valid(const uint8_t *p, Py_ssize_t n)
+/* Not ASCII-only: the full check, code point by code point. */
+static int utf8_valid_slow(const uint8_t *p, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     while (i < n) {
@@ -208,6 +209,26 @@ static int utf8_valid(const uint8_t *p, Py_ssize_t n)
         i += extra + 1;
     }
     return 1;
+}
+
+/* Almost every string is ASCII: every byte's high bit ORed together first, words at a time (the
+ * last word overlapping the one before), and the full check only if one is set. */
+static inline int utf8_valid(const uint8_t *p, Py_ssize_t n)
+{
+    uint64_t high = 0, word;
+    if (n >= 8) {
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&word, p + i, 8);
+            high |= word;
+        }
+        memcpy(&word, p + n - 8, 8);
+        high |= word;
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            high |= p[i];
+    }
+    return (high & 0x8080808080808080ULL) == 0 || utf8_valid_slow(p, n);
 }
 
 static int read_limited(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, int max_bytes, uint64_t *out)
@@ -268,6 +289,23 @@ static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, 
     if (depth > MAX_DEPTH)
         return (v->problem = "messages or groups nested more than 100 deep"), 0;
     while (*at < stop) {
+        uint8_t first = buf[*at];
+        if (first >= 0x08 && first < 0x80 && (first & 7) == 2 && stop - *at >= 2 && buf[*at + 1] < 0x80) {
+            /* the usual: a one-byte tag and a length below 128 (a string, or a small message) */
+            Py_ssize_t start = *at + 2, end = start + buf[*at + 1];
+            if (end > stop)
+                return (v->problem = "a length-delimited field runs past its message"), 0;
+            *at = end;
+            uint32_t number = first >> 3;
+            if (type < 0 || number >= SCHEMA_FIELDS)
+                continue;
+            int kind = v->schema[(type * SCHEMA_FIELDS + number) * 2];
+            if (kind == FIELD_STRING && !utf8_valid(buf + start, end - start))
+                return (v->problem = "a string field is not valid UTF-8"), 0;
+            if (kind == FIELD_MESSAGE && !validate_fields(v, buf, &start, end, v->schema[(type * SCHEMA_FIELDS + number) * 2 + 1], depth + 1, 0))
+                return 0;
+            continue;
+        }
         uint64_t tag;
         if (!read_limited(buf, at, stop, 5, &tag) || tag > 0xFFFFFFFFULL)
             return (v->problem = "a field tag is malformed"), 0;
@@ -304,7 +342,7 @@ static int schema_valid(PyObject *schema)
 
 /* The content of a length-delimited field of a message of ``type`` at ``depth``, as validate_value
  * checks it: a string's UTF-8, a submessage's fields. */
-static int check_content(validation_t *v, const uint8_t *buf, const field_t *f, Py_ssize_t type, int depth)
+static inline int check_content(validation_t *v, const uint8_t *buf, const field_t *f, Py_ssize_t type, int depth)
 {
     if (f->number >= SCHEMA_FIELDS)
         return 1;
@@ -321,7 +359,7 @@ static int check_content(validation_t *v, const uint8_t *buf, const field_t *f, 
 /* The next field of a message of ``type`` at ``depth``, read into *f as validate_fields reads it,
  * and its content checked, except that of a length-delimited field numbered ``walked``: the caller
  * walks that one itself. */
-static int next_checked(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth,
+static inline __attribute__((always_inline)) int next_checked(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth,
                         uint32_t walked, field_t *f)
 {
     f->tag_at = *at;
@@ -335,6 +373,21 @@ static int next_checked(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_
         if (f->end > stop)
             return (v->problem = "a length-delimited field runs past its message"), 0;
         *at = f->end;
+    } else if (stop - *at >= 9 && buf[*at] >= 0x08 && buf[*at] < 0x80 && (buf[*at] & 7) == 1) {
+        /* a one-byte tag and 8 bytes (timestamps) */
+        f->number = buf[*at] >> 3;
+        f->wire_type = 1;
+        *at += 9;
+        f->start = f->end = *at;
+        return 1;
+    } else if (stop - *at >= 2 && buf[*at] >= 0x08 && buf[*at] < 0x80 && (buf[*at] & 7) == 0 && buf[*at + 1] < 0x80) {
+        /* a one-byte tag and a one-byte varint (severity, flags) */
+        f->number = buf[*at] >> 3;
+        f->wire_type = 0;
+        f->value = buf[*at + 1];
+        *at += 2;
+        f->start = f->end = *at;
+        return 1;
     } else {
         uint64_t tag, length;
         if (!read_limited(buf, at, stop, 5, &tag) || tag > 0xFFFFFFFFULL)
@@ -415,6 +468,27 @@ typedef struct {
     Py_ssize_t most_attributes; /* ... and the most attributes one record has (for the per-record limits) */
 } index_t;
 
+/* Keys are short: compared a word at a time (the last word overlapping), without a call. */
+static inline int same_bytes(const uint8_t *a, const uint8_t *b, Py_ssize_t n)
+{
+    uint64_t x, y;
+    if (n < 8) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (a[i] != b[i])
+                return 0;
+        return 1;
+    }
+    for (Py_ssize_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y)
+            return 0;
+    }
+    memcpy(&x, a + n - 8, 8);
+    memcpy(&y, b + n - 8, 8);
+    return x == y;
+}
+
 static int key_of(const wanted_t *w, const uint8_t *p, Py_ssize_t n)
 {
     uint64_t candidates = n < 64 ? w->by_length[n] : w->longer;
@@ -424,7 +498,7 @@ static int key_of(const wanted_t *w, const uint8_t *p, Py_ssize_t n)
         int i = __builtin_ctzll(candidates);
         candidates &= candidates - 1;
         PyObject *key = PyTuple_GET_ITEM(w->keys, i);
-        if (PyBytes_GET_SIZE(key) == n && memcmp(PyBytes_AS_STRING(key), p, (size_t)n) == 0)
+        if (PyBytes_GET_SIZE(key) == n && same_bytes((const uint8_t *)PyBytes_AS_STRING(key), p, n))
             return i;
     }
     for (Py_ssize_t i = MASKED_KEYS; i < w->nkeys; i++) {
@@ -449,7 +523,7 @@ static int may_be_health_path(const wanted_t *w, const uint8_t *buf, Py_ssize_t 
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(w->health_paths); i++) {
         PyObject *path = PyTuple_GET_ITEM(w->health_paths, i);
         Py_ssize_t n = PyBytes_GET_SIZE(path);
-        if (n <= (Py_ssize_t)length && memcmp(buf + at, PyBytes_AS_STRING(path), (size_t)n) == 0)
+        if (n <= (Py_ssize_t)length && same_bytes(buf + at, (const uint8_t *)PyBytes_AS_STRING(path), n))
             return 1;
     }
     return 0;

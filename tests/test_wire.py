@@ -515,6 +515,27 @@ def test_deeply_nested_unknown_groups_are_walked_and_kept(payload: bytes) -> Non
 
 
 @_settings(400)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(max_size=20).map(str.encode),
+        st.lists(st.sampled_from((b"a", b"\xc3\xa9", b"\xe2\x9c\x93", b"\xf0\x9d\x84\x9e", b"\x80", b"\xed\xa0\x80", b"\xc0\x80")), max_size=12).map(b"".join),
+    ),
+    st.sampled_from(("key", "value", "body", "severity_text")),
+)
+def test_strings_of_every_length_are_checked_as_upb_checks_them(text: bytes, where: str) -> None:
+    """UTF-8 is checked words at a time with the last word overlapping: every length and position."""
+    content = {
+        "key": _field(6, _field(1, text)),
+        "value": _field(6, _field(1, b"k") + _field(2, _field(1, text))),
+        "body": _field(5, _field(1, text)),
+        "severity_text": _field(3, text),
+    }[where]
+    payload = _in_record(content)
+    assert (wire.problem(payload) is None) == _upb_accepts(payload), (text, where)
+
+
+@_settings(400)
 @given(gen.requests(max_resources=2, max_records=4), st.data())
 def test_validation_agrees_with_upb_on_damaged_requests(request: ExportLogsServiceRequest, data) -> None:
     """Bytes changed, inserted or cut anywhere: accepted exactly when upb accepts."""
