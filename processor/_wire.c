@@ -1094,6 +1094,100 @@ done:
     return result;
 }
 
+/* --- verdicts --------------------------------------------------------------------------------------- */
+
+/* Per record: its own verdict (``own``: record index -> verdict), else its trace's (``inherited``:
+ * trace id -> verdict), else ``fallback``; returns each record's enrichment (the verdict's
+ * ``wire_typed`` bytes) and how many records each verdict decided. A request has a handful of
+ * distinct verdicts: their bytes and counts are kept in a small table, not looked up per record. */
+#define RESOLVE_TABLE 16
+
+static PyObject *wire_resolve(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *trace_ids, *own, *inherited, *fallback;
+    if (!PyArg_ParseTuple(args, "O!O!O!O", &PyList_Type, &trace_ids, &PyDict_Type, &own, &PyDict_Type, &inherited, &fallback))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(trace_ids);
+    PyObject **mine = PyMem_Calloc(n ? (size_t)n : 1, sizeof *mine); /* borrowed from own */
+    PyObject *forward = PyList_New(n), *counts = PyDict_New(), *result = NULL;
+    PyObject *seen[RESOLVE_TABLE], *wire[RESOLVE_TABLE] = {NULL};
+    Py_ssize_t tally[RESOLVE_TABLE], distinct = 0;
+    if (mine == NULL || forward == NULL || counts == NULL) {
+        if (mine == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(own, &pos, &key, &value)) {
+        Py_ssize_t i = PyLong_AsSsize_t(key);
+        if (i == -1 && PyErr_Occurred())
+            goto done;
+        if (i < 0 || i >= n) {
+            PyErr_SetString(PyExc_IndexError, "own: a record index past the request");
+            goto done;
+        }
+        mine[i] = value;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *verdict = mine[i];
+        if (verdict == NULL) {
+            PyObject *trace_id = PyList_GET_ITEM(trace_ids, i);
+            verdict = PyBytes_GET_SIZE(trace_id) ? PyDict_GetItemWithError(inherited, trace_id) : NULL;
+            if (verdict == NULL) {
+                if (PyErr_Occurred())
+                    goto done;
+                verdict = fallback;
+            }
+        }
+        Py_ssize_t t = 0;
+        while (t < distinct && seen[t] != verdict)
+            t++;
+        if (t == distinct) {
+            if (distinct == RESOLVE_TABLE) { /* unusual: many distinct verdicts in one request */
+                PyObject *bytes = PyObject_GetAttrString(verdict, "wire_typed");
+                if (bytes == NULL)
+                    goto done;
+                PyList_SET_ITEM(forward, i, bytes);
+                PyObject *count = PyDict_GetItemWithError(counts, verdict);
+                if (count == NULL && PyErr_Occurred())
+                    goto done;
+                PyObject *next = PyLong_FromSsize_t(count == NULL ? 1 : PyLong_AsSsize_t(count) + 1);
+                if (next == NULL || PyDict_SetItem(counts, verdict, next) < 0) {
+                    Py_XDECREF(next);
+                    goto done;
+                }
+                Py_DECREF(next);
+                continue;
+            }
+            wire[t] = PyObject_GetAttrString(verdict, "wire_typed");
+            if (wire[t] == NULL)
+                goto done;
+            seen[t] = verdict;
+            tally[t] = 0;
+            distinct++;
+        }
+        tally[t]++;
+        PyList_SET_ITEM(forward, i, Py_NewRef(wire[t]));
+    }
+    for (Py_ssize_t t = 0; t < distinct; t++) {
+        PyObject *count = PyLong_FromSsize_t(tally[t]);
+        if (count == NULL || PyDict_SetItem(counts, seen[t], count) < 0) {
+            Py_XDECREF(count);
+            goto done;
+        }
+        Py_DECREF(count);
+    }
+    result = PyTuple_Pack(2, forward, counts);
+done:
+    for (Py_ssize_t t = 0; t < RESOLVE_TABLE; t++)
+        Py_XDECREF(wire[t]);
+    PyMem_Free(mine);
+    Py_XDECREF(forward);
+    Py_XDECREF(counts);
+    return result;
+}
+
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
@@ -1174,6 +1268,8 @@ static PyMethodDef methods[] = {
      "ua_keys, hits, odd, groups, resources, largest, most_attributes); or, if upb would not decode payload, what is wrong"},
     {"assemble", wire_assemble, METH_VARARGS,
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
+    {"resolve", wire_resolve, METH_VARARGS,
+     "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
     {"first_needles", wire_first_needles, METH_VARARGS,
      "first_needles(values, skip, none, classes, delta, ranks, width) -> list: per AnyValue, the lowest rank of a needle "
      "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},

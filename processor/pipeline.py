@@ -19,10 +19,9 @@ How a record's source is decided:
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import attrgetter, itemgetter
+from itertools import compress
+from operator import itemgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -44,7 +43,6 @@ WOULD_DOWNGRADE = "triage.would_downgrade"
 DEBUG_SEVERITY_NUMBER = 5  # semantic conventions: exceptions that are not an actual issue SHOULD be DEBUG (5)
 
 _RESOURCE_CACHE_SIZE = 1024  # distinct resources (service, pod, ...) whose verdict is remembered
-_WIRE_TYPED = attrgetter("wire_typed")
 
 # Records that set only severity_text (severity_number 0) still count as warnings and errors.
 _TEXT_SEVERITY = {"WARN": 13, "WARNING": 13, "ERROR": 17, "CRITICAL": 21, "FATAL": 21, "SEVERE": 17}
@@ -161,28 +159,30 @@ class Pipeline:
                     self._free_held(trace_id)
 
         # 2. Every record's verdict: its own, else its trace's, else unknown; its enrichment appended
-        #    in C-level passes over the whole request. Then the few that need more (a possible rule
+        #    in one C pass over the whole request. Then the few that need more (a possible rule
         #    match, a secret, a limit, an upstream triage) are redone one by one.
-        verdicts = list(map(memory.inherited.get, trace_ids, repeat(UNKNOWN)))
-        if own:
-            verdicts = list(map(own.get, range(len(verdicts)), verdicts))
-        forward: list = list(map(_WIRE_TYPED, verdicts))
+        inherited = memory.inherited
+        forward, counts = wire.resolve(trace_ids, own, inherited, UNKNOWN)
+
+        def verdict_of(index: int) -> Verdict:
+            return own.get(index) or inherited.get(trace_ids[index]) or UNKNOWN
+
         for index in typed:  # user_agent.synthetic.type is added unless the record has it
-            forward[index] = verdicts[index].wire
+            forward[index] = verdict_of(index).wire
         held_from: list[tuple] = []  # (index, record, has synthetic type, rule)
-        counts: dict[str, int] = {}  # redactions per rule
+        redactions: dict[str, int] = {}  # per rule
         redactor = self.redactor
         for index in sorted(rejected.union(secrets, upstream, found.candidates)):
-            verdicts[index] = None  # counted by _slow
+            counts[verdict_of(index)] -= 1  # counted by _slow
             wire_bytes = payload[spans[2 * index] : spans[2 * index + 1]]
             done = self._slow(
                 index, record_at, wire_bytes, own.get(index), index in typed, rejected, upstream, memory, now, stats, held_from
             )
             if done is not None and index in secrets:
-                done = redactor.redact_record_bytes(done, counts)
+                done = redactor.redact_record_bytes(done, redactions)
             forward[index] = done if done is None else (done,)
-        for verdict, n in Counter(verdicts).items():
-            if verdict is not None:
+        for verdict, n in counts.items():
+            if n:
                 stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + n
                 stats.records += n
 
@@ -190,10 +190,10 @@ class Pipeline:
         if redactor.active:
             resources = {}
             for which, resource in enumerate(found.resources):
-                redacted = redactor.redact_resource_bytes(resource, counts) if resource else resource
+                redacted = redactor.redact_resource_bytes(resource, redactions) if resource else resource
                 if redacted is not resource:
                     resources[which] = redacted
-        stats.redactions = counts
+        stats.redactions = redactions
         if held_from:
             stats.held = self._hold(held_from, found.groups, now)
         return wire.assemble(payload, forward, resources), stats

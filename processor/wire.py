@@ -8,6 +8,7 @@ else the pipeline does, and most records need only a few prepared bytes appended
   attributes whose key the classifier reads (``Index``). On the way it checks the request as upb's
   decoder would, without building messages, and raises ``Malformed`` for one upb would refuse: the
   intake's check of every protobuf body costs no pass of its own (``problem`` says the same alone).
+- ``resolve`` (C) gives each record its verdict's enrichment bytes in one pass.
 - ``assemble`` (C) writes the request to forward: each record with its enrichment appended
   (protobuf merges a repeated field's later entries into the same message), replaced, or left
   out, and every enclosing length prefix recomputed. Everything else is copied byte for byte.
@@ -111,6 +112,13 @@ def problem(payload: bytes) -> str | None:
     except Malformed as malformed:
         return str(malformed)
     return None
+
+
+def resolve(trace_ids: list[bytes], own: dict, inherited: dict, fallback) -> tuple[list[bytes], dict]:
+    """Per record (in request order): its own verdict (``own``: record -> Verdict), else its trace's
+    (``inherited``: trace id -> Verdict), else ``fallback``. Returns each record's enrichment, its
+    verdict's ``wire_typed`` bytes (what ``assemble`` appends), and how many records each verdict decided."""
+    return _wire.resolve(trace_ids, own, inherited, fallback)
 
 
 def assemble(payload: bytes, records: list, resources: dict[int, bytes] | None = None) -> bytes:

@@ -337,6 +337,26 @@ def test_records_over_a_limit_are_named(attributes: int, body: int, rejected: se
         Limits(max_records=1).check(found, None)
 
 
+class _Verdict:
+    def __init__(self, name: str):
+        self.wire_typed = name.encode()
+
+
+@pytest.mark.parametrize("distinct", [3, 40])  # within the table of distinct verdicts, and past it
+def test_resolve_gives_own_else_trace_else_fallback(distinct: int) -> None:
+    fallback = _Verdict("unknown")
+    verdicts = [_Verdict(f"v{n}") for n in range(distinct)]
+    trace_ids = [b"", b"t1", b"t2", b"t1", b"t3"] + [b"own-%d" % n for n in range(distinct)]
+    inherited = {b"t1": verdicts[0], b"t2": verdicts[1], b"": verdicts[2]}  # an empty trace id inherits nothing
+    own = {3: verdicts[2]} | {5 + n: v for n, v in enumerate(verdicts)}
+    forward, counts = wire.resolve(trace_ids, own, inherited, fallback)
+    expected = [own.get(i) or (inherited.get(t) if t else None) or fallback for i, t in enumerate(trace_ids)]
+    assert forward == [v.wire_typed for v in expected]
+    assert counts == {v: expected.count(v) for v in set(expected)}
+    with pytest.raises(IndexError):
+        wire.resolve(trace_ids, {len(trace_ids): fallback}, inherited, fallback)
+
+
 def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:
     request = ExportLogsServiceRequest()
     group = request.resource_logs.add()
