@@ -12,7 +12,7 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 from __future__ import annotations
 
 from collections import deque
-from itertools import repeat
+from itertools import compress, repeat
 from operator import attrgetter
 from dataclasses import dataclass, field
 
@@ -69,31 +69,33 @@ class TraceMemory:
         self._added([trace_id], until)
         return verdict
 
-    def learn_many(self, learned: list[tuple[bytes, Verdict]], now: float) -> None:
-        """``learn`` each (trace, verdict) in order. The usual request teaches traces not known yet,
-        each once: those are added in one C-level dict update instead of one call each."""
-        if not learned:
+    def learn_many(self, trace_ids: list[bytes], verdicts: list[Verdict], now: float) -> None:
+        """``learn`` each ``trace_ids[i]`` from ``verdicts[i]``, in order. The usual request teaches
+        traces not known yet, each once: those are added in one C-level dict update."""
+        if not trace_ids:
             return
         self.expire(now)
-        trace_ids = [trace_id for trace_id, _ in learned]
-        distinct = set(trace_ids)
-        if len(distinct) != len(trace_ids):  # a trace taught twice: in order
-            for trace_id, verdict in learned:
-                self.learn(trace_id, verdict, now)
-            return
-        known = self.inherited.keys() & distinct
+        inherited = self.inherited
+        known = inherited.keys() & trace_ids
         if known:  # their verdicts are merged one by one; the rest are new
-            for trace_id, verdict in learned:
+            for trace_id, verdict in zip(trace_ids, verdicts):
                 if trace_id in known:
                     self.learn(trace_id, verdict, now)
-            learned = [(trace_id, verdict) for trace_id, verdict in learned if trace_id not in known]
-            if not learned:
+            new = [trace_id not in known for trace_id in trace_ids]
+            trace_ids = list(compress(trace_ids, new))
+            verdicts = list(compress(verdicts, new))
+            if not trace_ids:
                 return
-            trace_ids = [trace_id for trace_id, _ in learned]
-        verdicts = [verdict for _, verdict in learned]
         for verdict in set(verdicts):
             verdict.inherited()  # made once per verdict, then read as an attribute
-        self.inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
+        before = len(inherited)
+        inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
+        if len(inherited) - before != len(trace_ids):
+            # A trace taught twice in this request (none of them was known): undone, then learned in order.
+            deque(map(inherited.pop, trace_ids, repeat(None)), maxlen=0)
+            for trace_id, verdict in zip(trace_ids, verdicts):
+                self.learn(trace_id, verdict, now)
+            return
         self._added(trace_ids, now + self.ttl_s)
 
     def recall(self, trace_id: bytes, now: float) -> Verdict | None:
@@ -128,9 +130,10 @@ class TraceMemory:
 
     def _drop(self, trace_ids: list[bytes], until: float) -> int:
         """Forget those of ``trace_ids`` (a batch that expires at ``until``) not learned again since."""
-        doomed = set(trace_ids)
+        doomed = trace_ids
         relearned = self._relearned
         if relearned:
+            doomed = set(trace_ids)
             for trace_id in doomed & relearned.keys():
                 if relearned[trace_id] > until:
                     doomed.discard(trace_id)  # its latest batch lets it go

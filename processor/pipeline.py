@@ -21,7 +21,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import itemgetter
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -149,12 +148,15 @@ class Pipeline:
         # 1. Records with evidence of their own (or their resource's) decide their trace first, in
         #    request order, so that any record of the trace, earlier or later, can inherit it.
         decided = sorted(own)
-        pairs = list(zip(map(trace_ids.__getitem__, decided), map(own.__getitem__, decided)))
-        learned = list(compress(pairs, map(itemgetter(0), pairs)))  # (trace, verdict) of records with a trace
-        memory.learn_many(learned, now)
-        waiting = self.holding.waiting_among(map(itemgetter(0), learned)) if self.holding.count else ()
+        traces = list(map(trace_ids.__getitem__, decided))
+        taught = list(map(own.__getitem__, decided))
+        if b"" in traces:  # records without a trace teach nothing
+            traced = list(map(bool, traces))
+            traces, taught = list(compress(traces, traced)), list(compress(taught, traced))
+        memory.learn_many(traces, taught, now)
+        waiting = self.holding.waiting_among(traces) if self.holding.count else ()
         if waiting:  # records held earlier whose trace this request decides: released in request order
-            for trace_id, _ in learned:
+            for trace_id in traces:
                 if trace_id in waiting:
                     self._free_held(trace_id)
 

@@ -5,6 +5,8 @@ Time is passed in, so nothing here sleeps.
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -216,6 +218,28 @@ class TestBounds:
         memory.learn(trace(3), verdict, now=3.0)
         assert len(memory) == 2 and memory.evicted == 1
         assert memory.recall(trace(2), 3.0) is None and memory.recall(trace(1), 3.0) is verdict
+
+
+_SOURCES = [Verdict("synthetic", "dd", "e"), Verdict("user", "browser", "e"), Verdict("probe", "k8s", "e", confidence="likely")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(_SOURCES)), max_size=8), max_size=8), st.integers(2, 9))
+def test_learning_a_request_at_once_is_learning_it_record_by_record(requests, max_traces: int) -> None:
+    """learn_many (one dict update for new traces) gives each trace the verdict learn() one by one
+    would (merged in order, a trace taught twice in one request too) and forgets by the same TTL;
+    and it keeps to the bound. (Which traces a request over the bound evicts may differ: learn_many
+    merges the known traces before adding the new ones.)"""
+    at_once, one_by_one = TraceMemory(ttl_s=3, max_traces=max_traces), TraceMemory(ttl_s=3, max_traces=max_traces)
+    for step, taught in enumerate(requests):
+        now = float(step)
+        at_once.learn_many([trace(t) for t, _ in taught], [v for _, v in taught], now)
+        for t, verdict in taught:
+            one_by_one.learn(trace(t), verdict, now)
+        assert len(at_once) <= max_traces
+        if not one_by_one.evicted:
+            assert not at_once.evicted
+            assert {t: v.origin for t, v in at_once.inherited.items()} == {t: v.origin for t, v in one_by_one.inherited.items()}
 
 
 class TestShadowMode:
