@@ -150,7 +150,7 @@ class Pipeline:
         decided = sorted(own)
         traces = list(map(trace_ids.__getitem__, decided))
         taught = list(map(own.__getitem__, decided))
-        if b"" in traces:  # records without a trace teach nothing
+        if not all(traces):  # records without a trace teach nothing
             traced = list(map(bool, traces))
             traces, taught = list(compress(traces, traced)), list(compress(taught, traced))
         memory.learn_many(traces, taught, now)
@@ -174,7 +174,9 @@ class Pipeline:
         held_from: list[tuple] = []  # (index, record, has synthetic type, rule)
         redactions: dict[str, int] = {}  # per rule
         redactor = self.redactor
-        for index in sorted(rejected.union(secrets, upstream, found.candidates)):
+        may_match = self.rules.may_match  # a candidate no rule can match needs no more than the rest
+        candidates = [i for i in found.candidates if may_match(payload, spans[2 * i], spans[2 * i + 1])]
+        for index in sorted(rejected.union(secrets, upstream, candidates)):
             counts[verdict_of(index)] -= 1  # counted by _slow
             wire_bytes = payload[spans[2 * index] : spans[2 * index + 1]]
             done = self._slow(

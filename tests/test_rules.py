@@ -16,6 +16,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor.downgrade import RulesError, builtin_rules, load_rule_set
 from processor.downgrade.rules import RuleSet, found_word
 
+from .fuzz import strategies as gen
+
 AUTH0 = RuleSet(builtin_rules())
 
 
@@ -79,6 +81,46 @@ def test_auth0_rule_recognises(record: LogRecord) -> None:
 def test_auth0_rule_ignores(record: LogRecord) -> None:
     """Near misses and low severities do not match."""
     assert AUTH0.match(record, record.severity_number) is None
+
+
+EXTRA_RULES = Path(__file__).parent / "fuzz" / "extra_rules.json"
+
+
+@settings(max_examples=400, deadline=None)
+@given(gen.log_records())
+def test_a_record_no_rule_can_match_is_told_from_its_bytes(record: LogRecord) -> None:
+    """may_match (needles in the serialized record) is False only for records no rule matches:
+    the built-in rule and the fuzz rules, on every body and attribute shape the fuzzers make."""
+    payload = record.SerializeToString()
+    for rules in (AUTH0, load_rule_set(str(EXTRA_RULES))):
+        if not rules.may_match(b"xx" + payload + b"xx", 2, 2 + len(payload)):
+            assert rules.match(record, 17) is None
+
+
+@pytest.mark.parametrize(
+    "record, may",
+    [
+        (text("AccessTokenError ERR_MISSING_SESSION"), True),
+        (text("TypeError: Cannot read properties of undefined"), False),
+        (text("AccessTokenError without a code"), False),  # both conditions must be able to hold
+        # JSON text may spell a value with escapes: looked at whenever the record has a backslash
+        (text('{"err":{"type":"Access\\u0054okenError","code":"ERR_MISSING_SESSION"}}'), True),
+    ],
+)
+def test_may_match(record: LogRecord, may: bool) -> None:
+    payload = record.SerializeToString()
+    assert AUTH0.may_match(payload, 0, len(payload)) is may
+    assert (AUTH0.match(record, 17) is not None) is may
+
+
+def test_numeric_codes_give_no_needle(tmp_path: Path) -> None:
+    """An int attribute is read as its digits, which its bytes do not hold: a numeric code cannot prefilter."""
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"rules": [{"name": "teapot", "code": ["418"]}]}))
+    rules = load_rule_set(str(path))
+    record = LogRecord(severity_number=17, attributes=[KeyValue(key="code", value=AnyValue(int_value=418))])
+    payload = record.SerializeToString()
+    assert rules.match(record, 17) is not None and rules.may_match(payload, 0, len(payload))
 
 
 WORDS = ("AccessTokenError", "ERR_MISSING_SESSION", "x.y", "Ab")

@@ -111,6 +111,18 @@ class RuleSet:
         self.rules = rules
         self.min_severity_number = min((r.min_severity_number for r in rules), default=1 << 30)
         self._wanted_attributes = frozenset(k for r in rules for k, _ in r.attributes)
+        # Per rule, groups of byte strings: a record the rule matches contains one of each group.
+        self._needles = tuple(_needles(rule) for rule in rules)
+
+    def may_match(self, payload: bytes, start: int, end: int) -> bool:
+        """False only if no rule can match the serialized record ``payload[start:end]``: a cheap
+        look at its bytes before it is decoded (most warnings and errors are not known noise)."""
+        if payload.find(b"\\", start, end) >= 0:
+            return True  # a JSON text body may spell any value with escapes
+        return any(
+            all(any(payload.find(needle, start, end) >= 0 for needle in group) for group in groups)
+            for groups in self._needles
+        )
 
     def match(self, record, severity: int) -> Rule | None:
         """The first rule that matches a LogRecord whose (effective) severity number is ``severity``."""
@@ -121,6 +133,21 @@ class RuleSet:
             if severity >= rule.min_severity_number and rule.matches(facts):
                 return rule
         return None
+
+
+_INT = re.compile(r"-?[0-9]+")
+
+
+def _needles(rule: Rule) -> tuple[tuple[bytes, ...], ...]:
+    """Byte strings a record the rule matches must contain: for its exception types, one of them;
+    for its codes, one of them. Every fact is a string of the record, stored as its UTF-8 bytes,
+    except an int attribute (read as its digits: a numeric code gives no needle) and text a JSON
+    body escapes (``may_match`` looks for a backslash first). Patterns give none."""
+    groups = []
+    for values in (rule.exception_types, rule.codes):
+        if values and not any(_INT.fullmatch(value) for value in values):
+            groups.append(tuple(sorted(value.encode() for value in values)))
+    return tuple(groups)
 
 
 def gather_facts(record, wanted_attributes: frozenset[str] = frozenset()) -> Facts:
