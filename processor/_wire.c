@@ -1188,6 +1188,28 @@ done:
     return result;
 }
 
+/* Inserts trace_ids[i] -> values[i] for each trace not in ``memory`` yet (one probe each) and returns
+ * the positions of those that were (or that came twice): the caller merges those in order. */
+static PyObject *wire_learn_new(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *memory, *trace_ids, *values;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &memory, &PyList_Type, &trace_ids, &PyList_Type, &values))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(trace_ids);
+    if (PyList_GET_SIZE(values) != n) {
+        PyErr_SetString(PyExc_ValueError, "trace_ids and values must have the same length");
+        return NULL;
+    }
+    PyObject *known = PyList_New(0);
+    for (Py_ssize_t i = 0; known != NULL && i < n; i++) {
+        Py_ssize_t before = PyDict_GET_SIZE(memory);
+        if (PyDict_SetDefault(memory, PyList_GET_ITEM(trace_ids, i), PyList_GET_ITEM(values, i)) == NULL ||
+            (PyDict_GET_SIZE(memory) == before && !append_new(known, PyLong_FromSsize_t(i))))
+            Py_CLEAR(known);
+    }
+    return known;
+}
+
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
@@ -1270,6 +1292,8 @@ static PyMethodDef methods[] = {
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
     {"resolve", wire_resolve, METH_VARARGS,
      "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
+    {"learn_new", wire_learn_new, METH_VARARGS,
+     "learn_new(memory, trace_ids, values) -> positions of the traces memory already had (the others are added)"},
     {"first_needles", wire_first_needles, METH_VARARGS,
      "first_needles(values, skip, none, classes, delta, ranks, width) -> list: per AnyValue, the lowest rank of a needle "
      "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},

@@ -12,10 +12,11 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 from __future__ import annotations
 
 from collections import deque
-from itertools import compress, repeat
+from itertools import repeat
 from operator import attrgetter
 from dataclasses import dataclass, field
 
+from . import wire
 from .classify.verdict import Verdict
 
 
@@ -71,31 +72,18 @@ class TraceMemory:
 
     def learn_many(self, trace_ids: list[bytes], verdicts: list[Verdict], now: float) -> None:
         """``learn`` each ``trace_ids[i]`` from ``verdicts[i]``, in order. The usual request teaches
-        traces not known yet, each once: those are added in one C-level dict update."""
+        traces not known yet, each once: those are added in one C pass, one probe each."""
         if not trace_ids:
             return
         self.expire(now)
-        inherited = self.inherited
-        known = inherited.keys() & trace_ids
-        if known:  # their verdicts are merged one by one; the rest are new
-            for trace_id, verdict in zip(trace_ids, verdicts):
-                if trace_id in known:
-                    self.learn(trace_id, verdict, now)
-            new = [trace_id not in known for trace_id in trace_ids]
-            trace_ids = list(compress(trace_ids, new))
-            verdicts = list(compress(verdicts, new))
-            if not trace_ids:
-                return
         for verdict in set(verdicts):
             verdict.inherited()  # made once per verdict, then read as an attribute
-        before = len(inherited)
-        inherited.update(zip(trace_ids, map(_INHERITED, verdicts)))
-        if len(inherited) - before != len(trace_ids):
-            # A trace taught twice in this request (none of them was known): undone, then learned in order.
-            deque(map(inherited.pop, trace_ids, repeat(None)), maxlen=0)
-            for trace_id, verdict in zip(trace_ids, verdicts):
-                self.learn(trace_id, verdict, now)
-            return
+        known = wire.learn_new(self.inherited, trace_ids, list(map(_INHERITED, verdicts)))
+        if known:  # known before, or taught twice in this request: merged in order, as learn() does
+            for i in known:
+                self.learn(trace_ids[i], verdicts[i], now)
+            merged = set(known)
+            trace_ids = [trace_id for i, trace_id in enumerate(trace_ids) if i not in merged]
         self._added(trace_ids, now + self.ttl_s)
 
     def recall(self, trace_id: bytes, now: float) -> Verdict | None:

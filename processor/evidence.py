@@ -94,7 +94,8 @@ class EvidenceReader:
         self._secrets = Scanner(list(redactor.literals or ()))
 
     def read(self, payload: bytes, min_severity: int) -> Evidence:
-        """The evidence of every record of the (validated) serialized request ``payload``."""
+        """The evidence of every record of the serialized request ``payload`` (``wire.Malformed`` if
+        upb would not decode it)."""
         found = wire.index(payload, self._keys, self._kinds, self._health_paths, min_severity)
         own = self._user_agents_of(found.ua_records, found.ua_keys)
         typed: set[int] = set()

@@ -121,6 +121,12 @@ def resolve(trace_ids: list[bytes], own: dict, inherited: dict, fallback) -> tup
     return _wire.resolve(trace_ids, own, inherited, fallback)
 
 
+def learn_new(memory: dict, trace_ids: list[bytes], values: list) -> list[int]:
+    """``memory[trace_ids[i]] = values[i]`` for each trace not in ``memory`` yet, one probe each;
+    returns the positions of those it already had (or that came twice), left as they were."""
+    return _wire.learn_new(memory, trace_ids, values)
+
+
 def assemble(payload: bytes, records: list, resources: dict[int, bytes] | None = None) -> bytes:
     """``payload`` with, per record (in request order): bytes appended (``bytes``), the record left
     out (``None``) or replaced (``(bytes,)``); and per ResourceLogs index in ``resources``, its

@@ -357,6 +357,15 @@ def test_resolve_gives_own_else_trace_else_fallback(distinct: int) -> None:
         wire.resolve(trace_ids, {len(trace_ids): fallback}, inherited, fallback)
 
 
+def test_learn_new_adds_new_traces_and_names_the_rest() -> None:
+    """A trace already there is named even when it comes with the same value (its age must be renewed)."""
+    same, other = object(), object()
+    memory = {b"old": same}
+    known = wire.learn_new(memory, [b"a", b"old", b"b", b"a"], [other, same, same, same])
+    assert known == [1, 3]  # already there; and taught twice
+    assert memory == {b"old": same, b"a": other, b"b": same}  # the first of a pair wins; the caller merges
+
+
 def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:
     request = ExportLogsServiceRequest()
     group = request.resource_logs.add()
