@@ -114,9 +114,10 @@ class Pipeline:
     def process_wire(self, payload: bytes, now: float, limits=None) -> tuple[bytes, Stats]:
         """Classify, enrich, downgrade (and redact) the records of ``payload``; returns what to forward.
 
-        ``payload`` is a serialized ExportLogsServiceRequest: ``wire.Malformed`` is raised, before
-        anything changes, if upb would not decode it. It is read through ``wire.index`` and written by ``wire.assemble``: a record that
-        needs only its enrichment gets the prepared bytes appended, and nothing else is re-encoded.
+        ``payload`` is a serialized ExportLogsServiceRequest; ``wire.Malformed`` is raised, before
+        anything changes, if upb would not decode it. It is read through ``wire.index`` and written
+        by ``wire.assemble``: a record that needs only its enrichment gets the prepared bytes
+        appended, and nothing else is re-encoded.
         Only records with evidence, a possible rule match, a secret or a problem are looked at in
         Python. ``limits`` (``Limits.check``) rejects records, which are then left out (partial success).
         """
