@@ -241,91 +241,6 @@ static int read_limited(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, int
 
 static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group);
 
-/* One field's value after its tag; ``type`` < 0 inside unknown groups (no schema there). */
-static int validate_value(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, uint32_t number, int wire_type, int depth)
-{
-    uint64_t value;
-    int kind = FIELD_OTHER;
-    Py_ssize_t sub = 0;
-    if (type >= 0 && number < SCHEMA_FIELDS) {
-        kind = v->schema[(type * SCHEMA_FIELDS + number) * 2];
-        sub = v->schema[(type * SCHEMA_FIELDS + number) * 2 + 1];
-    }
-    switch (wire_type) {
-    case 0:
-        if (!read_limited(buf, at, stop, 10, &value))
-            return (v->problem = "a varint runs past its message or is longer than 10 bytes"), 0;
-        return 1;
-    case 1:
-    case 5: {
-        Py_ssize_t size = wire_type == 1 ? 8 : 4;
-        if (stop - *at < size)
-            return (v->problem = "a fixed-size value runs past its message"), 0;
-        *at += size;
-        return 1;
-    }
-    case 2: {
-        if (!read_limited(buf, at, stop, 5, &value) || value > (uint64_t)(stop - *at))
-            return (v->problem = "a length-delimited field runs past its message"), 0;
-        Py_ssize_t start = *at;
-        *at += (Py_ssize_t)value;
-        if (kind == FIELD_STRING && !utf8_valid(buf + start, (Py_ssize_t)value))
-            return (v->problem = "a string field is not valid UTF-8"), 0;
-        if (kind == FIELD_MESSAGE)
-            return validate_fields(v, buf, &start, *at, sub, depth + 1, 0);
-        return 1;
-    }
-    case 3: /* a group (only ever unknown here): its fields up to its end tag */
-        return validate_fields(v, buf, at, stop, -1, depth + 1, number);
-    default:
-        return (v->problem = "a field has wire type 4, 6 or 7 where none may be"), 0;
-    }
-}
-
-/* The fields of a message of ``type`` up to ``stop`` (group == 0), or of the group ``group`` up to and
- * including its end tag; *at is left after them. */
-static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group)
-{
-    if (depth > MAX_DEPTH)
-        return (v->problem = "messages or groups nested more than 100 deep"), 0;
-    while (*at < stop) {
-        uint8_t first = buf[*at];
-        if (first >= 0x08 && first < 0x80 && (first & 7) == 2 && stop - *at >= 2 && buf[*at + 1] < 0x80) {
-            /* the usual: a one-byte tag and a length below 128 (a string, or a small message) */
-            Py_ssize_t start = *at + 2, end = start + buf[*at + 1];
-            if (end > stop)
-                return (v->problem = "a length-delimited field runs past its message"), 0;
-            *at = end;
-            uint32_t number = first >> 3;
-            if (type < 0 || number >= SCHEMA_FIELDS)
-                continue;
-            int kind = v->schema[(type * SCHEMA_FIELDS + number) * 2];
-            if (kind == FIELD_STRING && !utf8_valid(buf + start, end - start))
-                return (v->problem = "a string field is not valid UTF-8"), 0;
-            if (kind == FIELD_MESSAGE && !validate_fields(v, buf, &start, end, v->schema[(type * SCHEMA_FIELDS + number) * 2 + 1], depth + 1, 0))
-                return 0;
-            continue;
-        }
-        uint64_t tag;
-        if (!read_limited(buf, at, stop, 5, &tag) || tag > 0xFFFFFFFFULL)
-            return (v->problem = "a field tag is malformed"), 0;
-        uint32_t number = (uint32_t)(tag >> 3);
-        int wire_type = (int)(tag & 7);
-        if (number == 0)
-            return (v->problem = "a field has number 0"), 0;
-        if (wire_type == 4) {
-            if (group != 0 && number == group)
-                return 1;
-            return (v->problem = "an end-group tag matches no group"), 0;
-        }
-        if (!validate_value(v, buf, at, stop, type, number, wire_type, depth))
-            return 0;
-    }
-    if (group != 0)
-        return (v->problem = "a group has no end tag"), 0;
-    return 1;
-}
-
 /* 64 bytes per message type, the first the request's; every message field names a type. */
 static int schema_valid(PyObject *schema)
 {
@@ -340,11 +255,11 @@ static int schema_valid(PyObject *schema)
     return 1;
 }
 
-/* The content of a length-delimited field of a message of ``type`` at ``depth``, as validate_value
- * checks it: a string's UTF-8, a submessage's fields. */
+/* The content of a length-delimited field of a message of ``type`` at ``depth``: a string's UTF-8,
+ * a submessage's fields. ``type`` < 0 inside unknown groups: no schema there. */
 static inline int check_content(validation_t *v, const uint8_t *buf, const field_t *f, Py_ssize_t type, int depth)
 {
-    if (f->number >= SCHEMA_FIELDS)
+    if (type < 0 || f->number >= SCHEMA_FIELDS)
         return 1;
     int kind = v->schema[(type * SCHEMA_FIELDS + f->number) * 2];
     if (kind == FIELD_STRING && !utf8_valid(buf + f->start, f->end - f->start))
@@ -356,11 +271,11 @@ static inline int check_content(validation_t *v, const uint8_t *buf, const field
     return 1;
 }
 
-/* The next field of a message of ``type`` at ``depth``, read into *f as validate_fields reads it,
- * and its content checked, except that of a length-delimited field numbered ``walked``: the caller
- * walks that one itself. */
+/* The next field of a message of ``type`` at ``depth`` (or of the group numbered ``group``), read
+ * into *f, and its content checked, except that of a length-delimited field numbered ``walked``: the
+ * caller walks that one itself. The end tag of ``group`` comes back as wire type 4. */
 static inline __attribute__((always_inline)) int next_checked(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth,
-                        uint32_t walked, field_t *f)
+                        uint32_t walked, uint32_t group, field_t *f)
 {
     f->tag_at = *at;
     f->value = 0;
@@ -421,6 +336,8 @@ static inline __attribute__((always_inline)) int next_checked(validation_t *v, c
                 return 0;
             break;
         case 4:
+            if (group != 0 && f->number == group)
+                break;
             return (v->problem = "an end-group tag matches no group"), 0;
         default:
             return (v->problem = "a field has wire type 4, 6 or 7 where none may be"), 0;
@@ -430,6 +347,24 @@ static inline __attribute__((always_inline)) int next_checked(validation_t *v, c
     }
     if (f->wire_type == 2 && f->number != walked)
         return check_content(v, buf, f, type, depth);
+    return 1;
+}
+
+/* The fields of a message of ``type`` up to ``stop`` (group == 0), or of the group ``group`` up to and
+ * including its end tag; *at is left after them. */
+static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group)
+{
+    if (depth > MAX_DEPTH)
+        return (v->problem = "messages or groups nested more than 100 deep"), 0;
+    while (*at < stop) {
+        field_t f;
+        if (!next_checked(v, buf, at, stop, type, depth, 0, group, &f))
+            return 0;
+        if (f.wire_type == 4)
+            return 1;
+    }
+    if (group != 0)
+        return (v->problem = "a group has no end tag"), 0;
     return 1;
 }
 
@@ -570,7 +505,7 @@ static int read_attribute(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_
     int keys = 0, values = 0;
     while (at < stop) {
         field_t f;
-        if (!next_checked(&w->v, buf, &at, stop, w->kv_type, depth, 0, &f))
+        if (!next_checked(&w->v, buf, &at, stop, w->kv_type, depth, 0, 0, &f))
             return 0;
         if (f.number == 1) {
             if (f.wire_type != 2 || keys++)
@@ -599,7 +534,7 @@ static int index_record(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ss
     hit_t hits[MAX_HITS];
     while (at < stop) {
         field_t f;
-        if (!next_checked(&w->v, buf, &at, stop, w->record_type, depth, 6, &f))
+        if (!next_checked(&w->v, buf, &at, stop, w->record_type, depth, 6, 0, &f))
             return 0;
         switch (f.number) {
         case 2: /* severity_number: an int32 enum; the last occurrence wins */
@@ -688,7 +623,7 @@ static int index_scope_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, P
     Py_ssize_t at = start;
     while (at < stop) {
         field_t f;
-        if (!next_checked(&w->v, buf, &at, stop, w->scope_logs_type, depth, 2, &f))
+        if (!next_checked(&w->v, buf, &at, stop, w->scope_logs_type, depth, 2, 0, &f))
             return 0;
         if (f.number == 2 && f.wire_type == 2) {
             if (!index_record(w, buf, f.start, f.end, depth + 1, *records, out))
@@ -732,7 +667,7 @@ static int index_resource_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start
     int ok = resource != NULL;
     while (ok && at < stop) {
         field_t f;
-        if (!next_checked(&w->v, buf, &at, stop, w->resource_logs_type, depth, 2, &f)) {
+        if (!next_checked(&w->v, buf, &at, stop, w->resource_logs_type, depth, 2, 0, &f)) {
             ok = 0;
         } else if (f.number == 1 && f.wire_type == 2) {
             PyBytes_ConcatAndDel(&resource, PyBytes_FromStringAndSize((const char *)buf + f.start, f.end - f.start));
@@ -857,7 +792,7 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
         int ok = 1;
         while (ok && at < stop) {
             field_t f;
-            if (!next_checked(&w.v, buf, &at, stop, 0, 0, 1, &f))
+            if (!next_checked(&w.v, buf, &at, stop, 0, 0, 1, 0, &f))
                 ok = 0;
             else if (f.number == 1 && f.wire_type == 2)
                 ok = index_resource_logs(&w, buf, f.start, f.end, 1, which++, &records, &out);
