@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import repeat
-from operator import attrgetter
 from dataclasses import dataclass, field
 
 from . import wire
 from .classify.verdict import Verdict
-
-
-_INHERITED = attrgetter("_inherited")
 
 
 def outranks(new: Verdict, known: Verdict) -> bool:
@@ -76,9 +72,7 @@ class TraceMemory:
         if not trace_ids:
             return
         self.expire(now)
-        for verdict in set(verdicts):
-            verdict.inherited()  # made once per verdict, then read as an attribute
-        known = wire.learn_new(self.inherited, trace_ids, list(map(_INHERITED, verdicts)))
+        known = wire.learn_new(self.inherited, trace_ids, list(map(Verdict.inherited, verdicts)))
         if known:  # known before, or taught twice in this request: merged in order, as learn() does
             for i in known:
                 self.learn(trace_ids[i], verdicts[i], now)
