@@ -11,7 +11,8 @@
  * - assemble() writes the request to forward: each record with bytes appended (its enrichment;
  *   protobuf merges a repeated field's later entries into the same message), replaced, or left
  *   out, and every enclosing length prefix recomputed.
- * - first_needles() runs the user-agent needle automaton (built in wire.py) over new user agents.
+ * - first_needles() runs the user-agent needle automaton (built in wire.py, checked once by
+ *   automaton()) over new user agents.
  *
  * assemble() sees only requests index() found valid, so a malformed buffer there is a bug: it
  * raises ValueError rather than guessing. Anything protobuf
@@ -1147,75 +1148,239 @@ static PyObject *wire_learn_new(PyObject *Py_UNUSED(module), PyObject *args)
 
 /* --- user agents ------------------------------------------------------------------------------------ */
 
-/* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
- * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is
- * none; -1 if it is not such a string. One pass of a DFA (Aho-Corasick, built in wire.py) over each
- * string; bytes map to classes first (ASCII case folded, bytes no needle has are class 0). */
-static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
+/* The needle automaton (Aho-Corasick, built in wire.py), checked and copied once by automaton():
+ * first_needles() runs it for every new user agent of every request. A transition's bit 15 says
+ * whether its target state ends a needle, so a byte costs one table load and the rank table is read
+ * only there. */
+#define AUTOMATON "wire.automaton"
+#define ENDS_NEEDLE 0x8000u
+#define LANES 4
+
+typedef struct {
+    uint8_t cls[256];         /* byte -> class (ASCII case folded; 0: a byte no needle has) */
+    Py_ssize_t width;         /* classes */
+    uint16_t *next;           /* states * width transitions, ENDS_NEEDLE set where the target ends one */
+    int32_t *rank;            /* per state, the lowest rank among the needles ending there */
+} automaton_t;
+
+static void automaton_free(PyObject *capsule)
 {
-    PyObject *values;
-    Py_ssize_t skip, width;
-    long none;
+    automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
+    if (a != NULL) {
+        PyMem_Free(a->next);
+        PyMem_Free(a->rank);
+        PyMem_Free(a);
+    }
+}
+
+static PyObject *wire_automaton(PyObject *Py_UNUSED(module), PyObject *args)
+{
     Py_buffer classes, delta, ranks;
-    if (!PyArg_ParseTuple(args, "O!nly*y*y*n", &PyList_Type, &values, &skip, &none, &classes, &delta, &ranks, &width))
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "y*y*y*n", &classes, &delta, &ranks, &width))
         return NULL;
     PyObject *result = NULL;
+    automaton_t *a = NULL;
     Py_ssize_t states = ranks.len / (Py_ssize_t)sizeof(int32_t);
-    if (classes.len != 256 || width < 1 || skip < 0 || delta.len != states * width * (Py_ssize_t)sizeof(uint16_t)) {
+    if (classes.len != 256 || width < 1 || states < 1 || ranks.len % (Py_ssize_t)sizeof(int32_t) != 0 ||
+        delta.len != states * width * (Py_ssize_t)sizeof(uint16_t)) {
         PyErr_SetString(PyExc_ValueError, "needle tables of the wrong sizes");
         goto done;
     }
-    const uint8_t *cls = classes.buf;
+    if (states > (Py_ssize_t)ENDS_NEEDLE) {
+        PyErr_SetString(PyExc_ValueError, "more automaton states than a transition can name");
+        goto done;
+    }
     const uint16_t *next = delta.buf;
     const int32_t *rank = ranks.buf;
+    for (Py_ssize_t i = 0; i < 256; i++) {
+        if (((const uint8_t *)classes.buf)[i] >= width) {
+            PyErr_SetString(PyExc_ValueError, "a byte class past the table's width");
+            goto done;
+        }
+    }
+    a = PyMem_Calloc(1, sizeof(automaton_t));
+    if (a == NULL || (a->next = PyMem_Malloc(delta.len)) == NULL || (a->rank = PyMem_Malloc(ranks.len)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(a->cls, classes.buf, 256);
+    memcpy(a->rank, rank, ranks.len);
+    a->width = width;
     for (Py_ssize_t i = 0; i < states * width; i++) {
         if (next[i] >= states) {
             PyErr_SetString(PyExc_ValueError, "a needle transition names no state");
             goto done;
         }
+        a->next[i] = next[i] | (rank[next[i]] != INT32_MAX ? ENDS_NEEDLE : 0);
     }
-    for (Py_ssize_t i = 0; i < 256; i++) {
-        if (cls[i] >= width) {
-            PyErr_SetString(PyExc_ValueError, "a byte class past the table's width");
-            goto done;
-        }
+    result = PyCapsule_New(a, AUTOMATON, automaton_free);
+    if (result != NULL)
+        a = NULL; /* the capsule owns it */
+done:
+    if (a != NULL) {
+        PyMem_Free(a->next);
+        PyMem_Free(a->rank);
+        PyMem_Free(a);
+    }
+    PyBuffer_Release(&classes);
+    PyBuffer_Release(&delta);
+    PyBuffer_Release(&ranks);
+    return result;
+}
+
+static inline int all_ascii(const uint8_t *p, Py_ssize_t n)
+{
+    uint64_t high = 0, word;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, p + i, 8);
+        high |= word;
+    }
+    for (; i < n; i++)
+        high |= p[i];
+    return (high & 0x8080808080808080ULL) == 0;
+}
+
+typedef struct {
+    const uint8_t *p;  /* the text's next byte */
+    Py_ssize_t left;   /* bytes still to read */
+    uint32_t state;
+    int32_t best;
+    Py_ssize_t value;  /* which value it is (-1: the lane is empty) */
+} lane_t;
+
+/* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
+ * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is
+ * none; -1 if it is not such a string.
+ *
+ * A DFA step waits for the one before it (a load from a table too large for L1), so one text at a
+ * time leaves the core mostly idle: LANES texts are stepped together, each lane taking the next
+ * text when its own ends. */
+static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *values, *capsule;
+    Py_ssize_t skip;
+    long none;
+    if (!PyArg_ParseTuple(args, "O!nlO", &PyList_Type, &values, &skip, &none, &capsule))
+        return NULL;
+    const automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
+    if (a == NULL)
+        return NULL;
+    if (skip < 0) {
+        PyErr_SetString(PyExc_ValueError, "skip must not be negative");
+        return NULL;
     }
     Py_ssize_t n = PyList_GET_SIZE(values);
-    result = PyList_New(n);
-    for (Py_ssize_t v = 0; result != NULL && v < n; v++) {
+    long *found = PyMem_Malloc((n > 0 ? n : 1) * sizeof(long));
+    Py_ssize_t *texts = PyMem_Malloc((n > 0 ? n : 1) * 2 * sizeof(Py_ssize_t)); /* (value, text start) */
+    PyObject *result = NULL;
+    if (found == NULL || texts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t count = 0;
+    for (Py_ssize_t v = 0; v < n; v++) {
         PyObject *value = PyList_GET_ITEM(values, v);
         if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < skip) {
             PyErr_SetString(PyExc_TypeError, "values must be bytes, at least skip long");
-            Py_CLEAR(result);
-            break;
+            goto done;
         }
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value) + skip;
         Py_ssize_t size = PyBytes_GET_SIZE(value) - skip, at = 1;
         uint64_t length;
-        long found = -1;
-        if (size > 1 && p[0] == 0x0A && read_varint(p, &at, size, &length) && length > 0 && at + (Py_ssize_t)length == size) {
-            uint32_t state = 0;
-            int32_t best = INT32_MAX;
-            Py_ssize_t j = at;
-            for (; j < size && p[j] < 0x80; j++) {
-                state = next[state * width + cls[p[j]]];
-                if (rank[state] < best)
-                    best = rank[state];
+        found[v] = -1;
+        if (size > 1 && p[0] == 0x0A && read_varint(p, &at, size, &length) && length > 0 &&
+            at + (Py_ssize_t)length == size && all_ascii(p + at, size - at)) {
+            texts[2 * count] = v;
+            texts[2 * count + 1] = skip + at;
+            count++;
+        }
+    }
+    const uint8_t *cls = a->cls;
+    const uint16_t *next = a->next;
+    const int32_t *rank = a->rank;
+    const Py_ssize_t width = a->width;
+    lane_t lane[LANES];
+    Py_ssize_t taken = 0;
+    for (int k = 0; k < LANES; k++)
+        lane[k].value = -1;
+    for (;;) {
+        int active = 0;
+        for (int k = 0; k < LANES; k++) {
+            if (lane[k].value >= 0 && lane[k].left == 0) {
+                found[lane[k].value] = lane[k].best == INT32_MAX ? none : lane[k].best;
+                lane[k].value = -1;
             }
-            if (j == size) /* all ASCII */
-                found = best == INT32_MAX ? none : best;
+            if (lane[k].value < 0 && taken < count) {
+                PyObject *value = PyList_GET_ITEM(values, texts[2 * taken]);
+                lane[k].value = texts[2 * taken];
+                lane[k].p = (const uint8_t *)PyBytes_AS_STRING(value) + texts[2 * taken + 1];
+                lane[k].left = PyBytes_GET_SIZE(value) - texts[2 * taken + 1];
+                lane[k].state = 0;
+                lane[k].best = INT32_MAX;
+                taken++;
+            }
+            active += lane[k].value >= 0;
         }
-        PyObject *item = PyLong_FromLong(found);
-        if (item == NULL) {
-            Py_CLEAR(result);
+        if (active == 0)
             break;
+        if (active == LANES) {
+            Py_ssize_t steps = lane[0].left;
+            for (int k = 1; k < LANES; k++)
+                steps = lane[k].left < steps ? lane[k].left : steps;
+            uint32_t state[LANES];
+            const uint8_t *text[LANES];
+            for (int k = 0; k < LANES; k++) {
+                state[k] = lane[k].state;
+                text[k] = lane[k].p;
+            }
+            for (Py_ssize_t j = 0; j < steps; j++) {
+                uint32_t e[LANES], ends = 0;
+                for (int k = 0; k < LANES; k++) {
+                    e[k] = next[state[k] * width + cls[text[k][j]]];
+                    state[k] = e[k] & ~ENDS_NEEDLE;
+                    ends |= e[k];
+                }
+                if (ends & ENDS_NEEDLE) {
+                    for (int k = 0; k < LANES; k++) {
+                        if ((e[k] & ENDS_NEEDLE) && rank[state[k]] < lane[k].best)
+                            lane[k].best = rank[state[k]];
+                    }
+                }
+            }
+            for (int k = 0; k < LANES; k++) {
+                lane[k].state = state[k];
+                lane[k].p += steps;
+                lane[k].left -= steps;
+            }
+            continue;
         }
-        PyList_SET_ITEM(result, v, item);
+        /* The last few texts: one at a time. */
+        for (int k = 0; k < LANES; k++) {
+            if (lane[k].value < 0)
+                continue;
+            uint32_t s = lane[k].state;
+            for (Py_ssize_t j = 0; j < lane[k].left; j++) {
+                uint32_t e = next[s * width + cls[lane[k].p[j]]];
+                s = e & ~ENDS_NEEDLE;
+                if ((e & ENDS_NEEDLE) && rank[s] < lane[k].best)
+                    lane[k].best = rank[s];
+            }
+            lane[k].left = 0;
+        }
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t v = 0; result != NULL && v < n; v++) {
+        PyObject *item = PyLong_FromLong(found[v]);
+        if (item == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, v, item);
     }
 done:
-    PyBuffer_Release(&classes);
-    PyBuffer_Release(&delta);
-    PyBuffer_Release(&ranks);
+    PyMem_Free(found);
+    PyMem_Free(texts);
     return result;
 }
 
@@ -1229,8 +1394,10 @@ static PyMethodDef methods[] = {
      "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
     {"learn_new", wire_learn_new, METH_VARARGS,
      "learn_new(memory, trace_ids, values) -> positions of the traces memory already had (the others are added)"},
+    {"automaton", wire_automaton, METH_VARARGS,
+     "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for first_needles"},
     {"first_needles", wire_first_needles, METH_VARARGS,
-     "first_needles(values, skip, none, classes, delta, ranks, width) -> list: per AnyValue, the lowest rank of a needle "
+     "first_needles(values, skip, none, automaton) -> list: per AnyValue, the lowest rank of a needle "
      "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},
     {NULL, NULL, 0, NULL},
 };

@@ -216,13 +216,13 @@ class FirstNeedle:
                     failure[child] = delta[failure[state] * width + cls]
                     delta[state * width + cls] = child
                     queue.append(child)
-        self._tables = (bytes(classes), array("H", delta).tobytes(), array("i", best).tobytes(), width)
+        self._automaton = _wire.automaton(bytes(classes), array("H", delta).tobytes(), array("i", best).tobytes(), width)
 
     def first(self, values: list[bytes], skip: int, none: int) -> list[int]:
         """Per value, after its first ``skip`` bytes a serialized AnyValue: if that is exactly one
         non-empty ASCII string, the lowest rank among the needles in it, or ``none`` if no needle is;
         -1 if it is not such a string."""
-        return _wire.first_needles(values, skip, none, *self._tables)
+        return _wire.first_needles(values, skip, none, self._automaton)
 
 
 _NO_RANK = 2**31 - 1

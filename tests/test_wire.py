@@ -224,6 +224,30 @@ def test_the_needle_automaton_finds_overlapping_needles() -> None:
     assert found == [2, 2, 0, 9, 0]
 
 
+_NEEDLE_TEXT = st.text(alphabet="abcAB/ .é", max_size=40)
+
+
+@given(
+    st.lists(st.text(alphabet="abcAB/ ", min_size=1, max_size=6), min_size=1, max_size=8, unique_by=str.lower),
+    st.lists(_NEEDLE_TEXT, max_size=30),
+)
+def test_the_needle_automaton_agrees_with_a_plain_search(needles: list[str], texts: list[str]) -> None:
+    """Every text of a call, however many and whatever their lengths (texts are run several at a
+    time, each in its own lane): the lowest rank of a needle in it, ASCII case ignored."""
+    ranks = list(range(len(needles)))[::-1]
+    automaton = FirstNeedle([n.encode() for n in needles], ranks)
+    values = [AnyValue(string_value=t).SerializeToString() for t in texts]
+
+    def expected(text: str) -> int:
+        if not text or not text.isascii():
+            return -1
+        present = [rank for needle, rank in zip(needles, ranks) if needle.lower() in text.lower()]
+        return min(present, default=99)
+
+    assert automaton.first(values, 0, 99) == [expected(t) for t in texts]
+    assert automaton.first([b"\x07" + v for v in values], 1, 99) == [expected(t) for t in texts]
+
+
 def test_a_key_in_a_body_a_map_or_a_bytes_value_is_not_evidence() -> None:
     nested = AnyValue(kvlist_value=KeyValueList(values=[_kv("user_agent.original", DATADOG)]))
     inner = _record(_kv("user_agent.original", DATADOG)).SerializeToString()
