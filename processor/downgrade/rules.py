@@ -117,12 +117,20 @@ class RuleSet:
     def may_match(self, payload: bytes, start: int, end: int) -> bool:
         """False only if no rule can match the serialized record ``payload[start:end]``: a cheap
         look at its bytes before it is decoded (most warnings and errors are not known noise)."""
-        if payload.find(b"\\", start, end) >= 0:
+        find = payload.find
+        if find(b"\\", start, end) >= 0:
             return True  # a JSON text body may spell any value with escapes
-        return any(
-            all(any(payload.find(needle, start, end) >= 0 for needle in group) for group in groups)
-            for groups in self._needles
-        )
+        # Plain loops: this runs for every warning and error, and generators cost more than the finds.
+        for groups in self._needles:
+            for group in groups:
+                for needle in group:
+                    if find(needle, start, end) >= 0:
+                        break
+                else:
+                    break  # none of the group: this rule cannot match
+            else:
+                return True
+        return False
 
     def match(self, record, severity: int) -> Rule | None:
         """The first rule that matches a LogRecord whose (effective) severity number is ``severity``."""
