@@ -127,13 +127,25 @@ class TraceMemory:
 
 
 @dataclass(eq=False)
-class Held:
-    """A record waiting for its trace's evidence, with the resource and scope it came in."""
+class HeldGroup:
+    """The ResourceLogs and ScopeLogs held records came in, serialized without their children."""
 
-    record: object  # LogRecord (a copy, detached from the request it came in)
-    group: object  # ResourceLogs skeleton (resource + one ScopeLogs with scope, no records)
+    resource_logs: bytes
+    scope_logs: bytes
+    resource: bytes  # the resource's own bytes, for the redactor
+
+
+@dataclass(eq=False)
+class Held:
+    """A record waiting for its trace's evidence: its bytes as they came, and what its release needs."""
+
+    trace_id: bytes
+    record: bytes  # the serialized LogRecord
+    group: HeldGroup  # shared by the records held from one ScopeLogs of one request
+    severity: tuple[int, str]  # its severity_number and severity_text, which a downgrade keeps
     rule: object  # the Rule that matched it
     has_synthetic_type: bool
+    secret: bool  # may hold something to redact: redacted when released
     deadline: float
     size: int
     released: bool = field(default=False)
@@ -158,8 +170,8 @@ class Holding:
         """Those of ``trace_ids`` that have records waiting (one C-level pass)."""
         return self._by_trace.keys() & trace_ids
 
-    def hold(self, trace_id: bytes, held: Held) -> None:
-        self._by_trace.setdefault(trace_id, []).append(held)
+    def hold(self, held: Held) -> None:
+        self._by_trace.setdefault(held.trace_id, []).append(held)
         self._by_deadline.append(held)
         self.bytes += held.size
         self.count += 1
@@ -177,7 +189,7 @@ class Holding:
             held = queue.popleft()
             if held.released:
                 continue
-            trace_id = held.record.trace_id
+            trace_id = held.trace_id
             waiting = self._by_trace.get(trace_id)
             if waiting is not None:
                 waiting.remove(held)

@@ -108,7 +108,6 @@ class Intake:
         limits: Limits | None = None,
     ):
         self.pipeline = pipeline
-        self.redactor = pipeline.redactor  # for held records, redacted when released
         self.queue = queue
         self.metrics = metrics
         self.memory_limit = memory_limit
@@ -138,8 +137,7 @@ class Intake:
             forward, stats = self.pipeline.process_wire(decoded.SerializeToString(), now, self.limits)
         if stats.rejected:
             self.metrics.records_rejected.labels("limits").inc(stats.rejected)
-        for rule, count in stats.redactions.items():
-            self.metrics.redactions.labels(rule).inc(count)
+        self._count_redactions(stats)
         self.metrics.received(transport, stats.records + stats.held)
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier
@@ -169,16 +167,13 @@ class Intake:
         released = self.pipeline.release_all(now) if everything else self.pipeline.release_ready(now)
         if released is None:
             return None
-        request, stats = released
+        payload, stats = released
         self.metrics.processed(stats)
-        if self.redactor.active:  # held records were kept as they came
-            self._redact(request)
-        return Batch(request.SerializeToString(), stats.records)
+        self._count_redactions(stats)
+        return Batch(payload, stats.records)
 
-    def _redact(self, request: ExportLogsServiceRequest) -> None:
-        counts: dict[str, int] = {}
-        self.redactor.redact_request(request, counts)
-        for rule, count in counts.items():
+    def _count_redactions(self, stats: Stats) -> None:
+        for rule, count in stats.redactions.items():
             self.metrics.redactions.labels(rule).inc(count)
 
     async def release(self, now: float, everything: bool = False) -> None:

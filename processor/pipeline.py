@@ -24,12 +24,12 @@ from itertools import compress
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .classify import UNKNOWN, Classifier, Verdict
 from .classify.verdict import CERTAIN, string_attribute
-from .correlation import Held, Holding, TraceMemory
+from .correlation import Held, HeldGroup, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
 from .redact import Redactor
 from .evidence import EvidenceReader
@@ -172,7 +172,7 @@ class Pipeline:
 
         for index in typed:  # user_agent.synthetic.type is added unless the record has it
             forward[index] = verdict_of(index).wire
-        held_from: list[tuple] = []  # (index, record, has synthetic type, rule)
+        held_from: list[tuple] = []  # (index, record, its bytes, has synthetic type, rule)
         redactions: dict[str, int] = {}  # per rule
         redactor = self.redactor
         may_match = self.rules.may_match  # a candidate no rule can match needs no more than the rest
@@ -200,7 +200,7 @@ class Pipeline:
                     resources[which] = redacted
         stats.redactions = redactions
         if held_from:
-            stats.held = self._hold(held_from, found.groups, now)
+            stats.held = self._hold(held_from, found, secrets, now)
         return wire.assemble(payload, forward, resources), stats
 
     def _resource_verdict(self, serialized: bytes) -> Verdict | None:
@@ -235,13 +235,17 @@ class Pipeline:
             if known is not None:
                 verdict = known.inherited()
             elif rule is not None and trace_id and self.window_s > 0:
-                held_from.append((index, record, has_synthetic_type, rule))
+                held_from.append((index, record, wire, has_synthetic_type, rule))
                 return None
             else:
                 verdict = UNKNOWN
-        return self._decide_wire(record, wire, verdict, has_synthetic_type, rule, stats)
+        return self._decide_wire((record.severity_number, record.severity_text), wire, verdict, has_synthetic_type, rule, stats)
 
-    def _decide_wire(self, record, wire: bytes, verdict: Verdict, has_synthetic_type: bool, rule, stats: Stats) -> bytes:
+    def _decide_wire(
+        self, severity: tuple[int, str], wire: bytes, verdict: Verdict, has_synthetic_type: bool, rule, stats: Stats
+    ) -> bytes:
+        """The record's bytes to forward: ``wire`` with its enrichment appended, and the downgrade's
+        if ``rule`` fires; ``severity`` is its (severity_number, severity_text)."""
         enrichment = verdict.wire if has_synthetic_type else verdict.wire_typed
         stats.records += 1
         _count(stats.by_source, verdict.source)
@@ -251,7 +255,7 @@ class Pipeline:
             _count(stats.would_downgrade, rule.name)
             return wire + enrichment + self._would_wire[rule.name]
         _count(stats.downgraded, rule.name)
-        return wire + enrichment + self._downgrade_wire(record, rule)
+        return wire + enrichment + self._downgrade_wire(severity, rule)
 
     def _learn(self, memory: TraceMemory, trace_id: bytes, verdict: Verdict, now: float) -> None:
         memory.learn(trace_id, verdict, now)
@@ -267,33 +271,20 @@ class Pipeline:
         if self.memory is not None:
             self._learn(self.memory, trace_id, verdict, now)
 
-    def _decide(self, record, verdict: Verdict, has_synthetic_type: bool, rule: Rule | None, stats: Stats) -> None:
-        # user_agent.synthetic.type is added unless the record already has it.
-        record.MergeFromString(verdict.wire if has_synthetic_type else verdict.wire_typed)
-        stats.records += 1
-        _count(stats.by_source, verdict.source)
-        if rule is not None and self.fires(verdict):
-            if self.enforce:
-                self.downgrade(record, rule)
-                _count(stats.downgraded, rule.name)
-            else:
-                record.attributes.append(self._would_attributes[rule.name])
-                _count(stats.would_downgrade, rule.name)
-
     def fires(self, verdict: Verdict) -> bool:
         """Downgrade only on evidence: a configured monitor-like source, decided with enough confidence."""
         return verdict.source in self.downgrade_sources and (self.any_confidence or verdict.confidence == CERTAIN)
 
-    def _downgrade_wire(self, record, rule: Rule) -> bytes:
+    def _downgrade_wire(self, severity: tuple[int, str], rule: Rule) -> bytes:
         """``downgrade`` as bytes to append: the original severity kept as attributes, the rule named,
         and severity_number and severity_text given again (protobuf keeps a singular field's last
         occurrence). The same few severities and rules come again and again: cached."""
-        key = (record.severity_number, record.severity_text, rule.name)
+        key = (*severity, rule.name)
         suffix = self._downgrades.get(key)
         if suffix is None:
             if len(self._downgrades) >= _RESOURCE_CACHE_SIZE:
                 self._downgrades.clear()
-            downgraded = LogRecord(severity_number=record.severity_number, severity_text=record.severity_text)
+            downgraded = LogRecord(severity_number=severity[0], severity_text=severity[1])
             self.downgrade(downgraded, rule)
             suffix = self._downgrades[key] = LogRecord(attributes=downgraded.attributes).SerializeToString() + self._debug_wire
         return suffix
@@ -309,32 +300,42 @@ class Pipeline:
 
     # --- holding -----------------------------------------------------------------------------------------
 
-    def _hold(self, waiting: list[tuple], groups, now: float) -> int:
-        """Keep records for their trace's evidence, each with a copy of the resource and scope it came in."""
+    def _hold(self, waiting: list[tuple], found: wire.Index, secrets: set[int], now: float) -> int:
+        """Keep records, as they came, for their trace's evidence; with the resource and scope they came in."""
         deadline = now + self.window_s
+        groups = found.groups
         firsts = [group[3] for group in groups]
-        skeletons: dict[int, tuple[ResourceLogs, int]] = {}  # group -> (skeleton, its size)
-        for index, record, has_synthetic_type, rule in waiting:
+        held_groups: dict[int, HeldGroup] = {}  # one per ScopeLogs of this request
+        for index, record, serialized, has_synthetic_type, rule in waiting:
             g = bisect_right(firsts, index) - 1
-            skeleton = skeletons.get(g)
-            if skeleton is None:
-                _, resource_logs, scope_logs, _, _ = groups[g]  # both without their children
-                group = ResourceLogs.FromString(resource_logs)
-                group.scope_logs.append(ScopeLogs.FromString(scope_logs))
-                skeleton = skeletons[g] = (group, group.ByteSize())
+            group = held_groups.get(g)
+            if group is None:
+                which, resource_logs, scope_logs, _, _ = groups[g]  # both without their children
+                group = held_groups[g] = HeldGroup(resource_logs, scope_logs, found.resources[which])
             self.holding.hold(
-                record.trace_id, Held(record, skeleton[0], rule, has_synthetic_type, deadline, record.ByteSize() + skeleton[1])
+                Held(
+                    record.trace_id,
+                    serialized,
+                    group,
+                    (record.severity_number, record.severity_text),
+                    rule,
+                    has_synthetic_type,
+                    index in secrets,
+                    deadline,
+                    len(serialized) + len(group.resource_logs) + len(group.scope_logs),
+                )
             )
         return len(waiting)
 
-    def release_ready(self, now: float) -> tuple[ExportLogsServiceRequest, Stats] | None:
-        """Held records whose evidence came, or whose window passed: a request to forward, or None."""
+    def release_ready(self, now: float) -> tuple[bytes, Stats] | None:
+        """Held records whose evidence came, or whose window passed: a serialized request to forward
+        (redacted), or None."""
         released = self._ready
         self._ready = []
         released.extend(self.holding.take_expired(now))
         return self._release(released, now) if released else None
 
-    def release_all(self, now: float) -> tuple[ExportLogsServiceRequest, Stats] | None:
+    def release_all(self, now: float) -> tuple[bytes, Stats] | None:
         """Shutdown: every held record goes now, with whatever its trace is known to be."""
         released = self._ready + self.holding.take_all()
         self._ready = []
@@ -343,22 +344,41 @@ class Pipeline:
     def next_deadline(self) -> float | None:
         return self.holding.next_deadline()
 
-    def _release(self, released: list[Held], now: float) -> tuple[ExportLogsServiceRequest, Stats]:
+    def _release(self, released: list[Held], now: float) -> tuple[bytes, Stats]:
+        """Held records as a request, each decided on what its trace is known to be now: built from
+        their bytes, as ``process_wire`` builds a request, without decoding them again."""
         stats = Stats()
-        request = ExportLogsServiceRequest()
-        groups: dict[int, object] = {}  # id(group skeleton) -> the ScopeLogs in the new request
+        redactions: dict[str, int] = {}
+        redactor = self.redactor
+        memory = self.memory
+        groups: dict[int, tuple[HeldGroup, list[bytes]]] = {}  # id(group) -> (group, its records' bytes)
         for held in released:
-            scope_logs = groups.get(id(held.group))
-            if scope_logs is None:
-                resource_logs = request.resource_logs.add()
-                resource_logs.CopyFrom(held.group)
-                scope_logs = groups[id(held.group)] = resource_logs.scope_logs[0]
-            record = scope_logs.log_records.add()
-            record.CopyFrom(held.record)
-            known = self.memory.recall(record.trace_id, now) if self.memory is not None else None
+            known = memory.recall(held.trace_id, now) if memory is not None else None
             verdict = known.inherited() if known is not None else UNKNOWN
-            self._decide(record, verdict, held.has_synthetic_type, held.rule, stats)
-        return request, stats
+            record = self._decide_wire(held.severity, held.record, verdict, held.has_synthetic_type, held.rule, stats)
+            if held.secret:
+                record = redactor.redact_record_bytes(record, redactions)
+            entry = groups.get(id(held.group))
+            if entry is None:
+                entry = groups[id(held.group)] = (held.group, [])
+            entry[1].append(wire.field(2, record))  # ScopeLogs.log_records
+        request = []
+        for group, records in groups.values():
+            scope_logs = wire.field(2, group.scope_logs + b"".join(records))  # ResourceLogs.scope_logs
+            request.append(wire.field(1, self._held_resource_logs(group, redactions) + scope_logs))
+        stats.redactions = redactions
+        return b"".join(request), stats
+
+    def _held_resource_logs(self, group: HeldGroup, redactions: dict[str, int]) -> bytes:
+        """The group's ResourceLogs (without children), its resource redacted as a forwarded one is."""
+        if not self.redactor.active or not group.resource:
+            return group.resource_logs
+        redacted = self.redactor.redact_resource_bytes(group.resource, redactions)
+        if redacted is group.resource:
+            return group.resource_logs
+        resource_logs = ResourceLogs.FromString(group.resource_logs)
+        resource_logs.resource.ParseFromString(redacted)
+        return resource_logs.SerializeToString()
 
 
 def _count(counts: dict[str, int], key: str) -> None:

@@ -121,6 +121,18 @@ def resolve(trace_ids: list[bytes], own: dict, inherited: dict, fallback) -> tup
     return _wire.resolve(trace_ids, own, inherited, fallback)
 
 
+def field(number: int, content: bytes) -> bytes:
+    """A length-delimited protobuf field (``number`` < 16: a one-byte tag): its tag, the varint length
+    of ``content``, then ``content``."""
+    head = bytearray(((number << 3) | 2,))
+    size = len(content)
+    while size >= 0x80:
+        head.append(size & 0x7F | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + content
+
+
 def learn_new(memory: dict, trace_ids: list[bytes], values: list) -> list[int]:
     """``memory[trace_ids[i]] = values[i]`` for each trace not in ``memory`` yet, one probe each;
     returns the positions of those it already had (or that came twice), left as they were."""

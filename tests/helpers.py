@@ -31,5 +31,8 @@ def attributes(record) -> dict:
     return out
 
 
-def records(request: ExportLogsServiceRequest) -> list:
+def records(request: ExportLogsServiceRequest | bytes) -> list:
+    """The records of a request, decoded or serialized (what ``release_ready`` gives)."""
+    if isinstance(request, bytes):
+        request = ExportLogsServiceRequest.FromString(request)
     return [r for rl in request.resource_logs for sl in rl.scope_logs for r in sl.log_records]

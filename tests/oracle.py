@@ -9,13 +9,30 @@ records, holds the same records and counts the same things, request after reques
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 
-from processor.classify import UNKNOWN
+from processor.classify import UNKNOWN, Verdict
 from processor.classify.verdict import CERTAIN, LIKELY
-from processor.correlation import Held, TraceMemory
-from processor.pipeline import Pipeline, Stats, effective_severity
+from processor.correlation import TraceMemory
+from processor.downgrade import Rule
+from processor.pipeline import Pipeline, Stats, _count, effective_severity
+
+
+@dataclass(eq=False)
+class DecodedHeld:
+    """A held record as the oracle keeps it: decoded, with a copy of its resource and scope."""
+
+    trace_id: bytes
+    record: LogRecord
+    group: ResourceLogs  # resource + one ScopeLogs with its scope, no records
+    rule: Rule
+    has_synthetic_type: bool
+    deadline: float
+    size: int
+    released: bool = field(default=False)
 
 
 class ReferencePipeline(Pipeline):
@@ -73,12 +90,43 @@ class ReferencePipeline(Pipeline):
                 copy = LogRecord()
                 copy.CopyFrom(record)
                 self.holding.hold(
-                    copy.trace_id, Held(copy, group, rule, has_synthetic_type, deadline, copy.ByteSize() + group_size)
+                    DecodedHeld(copy.trace_id, copy, group, rule, has_synthetic_type, deadline, copy.ByteSize() + group_size)
                 )
                 count += 1
             for _, index, _, _ in sorted(waiting, key=lambda w: w[1], reverse=True):
                 del scope_logs.log_records[index]
         return count
+
+
+    def _release(self, released: list[DecodedHeld], now: float) -> tuple[ExportLogsServiceRequest, Stats]:
+        stats = Stats()
+        request = ExportLogsServiceRequest()
+        groups: dict[int, object] = {}  # id(group skeleton) -> the ScopeLogs in the new request
+        for held in released:
+            scope_logs = groups.get(id(held.group))
+            if scope_logs is None:
+                resource_logs = request.resource_logs.add()
+                resource_logs.CopyFrom(held.group)
+                scope_logs = groups[id(held.group)] = resource_logs.scope_logs[0]
+            record = scope_logs.log_records.add()
+            record.CopyFrom(held.record)
+            known = self.memory.recall(record.trace_id, now) if self.memory is not None else None
+            verdict = known.inherited() if known is not None else UNKNOWN
+            self._decide(record, verdict, held.has_synthetic_type, held.rule, stats)
+        return request, stats
+
+    def _decide(self, record, verdict: Verdict, has_synthetic_type: bool, rule: Rule | None, stats: Stats) -> None:
+        # user_agent.synthetic.type is added unless the record already has it.
+        record.MergeFromString(verdict.wire if has_synthetic_type else verdict.wire_typed)
+        stats.records += 1
+        _count(stats.by_source, verdict.source)
+        if rule is not None and self.fires(verdict):
+            if self.enforce:
+                self.downgrade(record, rule)
+                _count(stats.downgraded, rule.name)
+            else:
+                record.attributes.append(self._would_attributes[rule.name])
+                _count(stats.would_downgrade, rule.name)
 
 
 def reference_of(pipeline: Pipeline) -> ReferencePipeline:

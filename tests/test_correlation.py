@@ -14,6 +14,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor.classify import Verdict
 from processor.correlation import TraceMemory
 
+from processor.config import Config
+from processor.redact import Redactor
+from processor.service import build_pipeline
+
 from .helpers import attributes, pipeline, records
 
 DATADOG = "Datadog/Synthetics"
@@ -75,7 +79,8 @@ class TestEvidenceTiming:
         assert stats.held == 1 and records(first) == []  # moved out of the request ...
         assert p.release_ready(now=0.1) is None  # ... and waiting
         p.process(request(access(trace(2), DATADOG)), now=0.3)
-        released, released_stats = p.release_ready(now=0.3)
+        payload, released_stats = p.release_ready(now=0.3)
+        released = ExportLogsServiceRequest.FromString(payload)
         [error] = records(released)
         assert (error.severity_number, error.severity_text) == (5, "DEBUG")
         assert attributes(error)["triage.original_severity_number"] == 17
@@ -149,6 +154,27 @@ class TestEvidenceTiming:
         released, stats = p.release_ready(now=0.4)
         assert stats.downgraded == {"auth0-missing-session": 1}
         assert attributes(records(released)[0])["triage.source.evidence"] == "same trace: tracestate contains 'o:synthetics'"
+
+    def test_held_records_are_redacted_as_they_are_released(self) -> None:
+        """Kept as they came while held (the evidence may be in what redaction removes), redacted as
+        they go: the record, its resource, and the counts, as for a forwarded record."""
+        p = build_pipeline(Config.from_env({"TRIAGE_CORRELATION_WINDOW": "2"}), Redactor())
+        error = auth0_error(trace(20))
+        error.attributes.add(key="http.request.header.cookie", value=AnyValue(string_value="appSession=abc.def.ghi"))
+        kept = auth0_error(trace(21))  # nothing to redact: its bytes go as they came, enriched
+        first = request(error, kept)
+        first.resource_logs[0].resource.attributes.add(
+            key="http.request.header.authorization", value=AnyValue(string_value="Bearer abcdefghijkl")
+        )
+        assert p.process(first, now=0.0).held == 2
+        payload, stats = p.release_ready(now=2.0)
+        released = ExportLogsServiceRequest.FromString(payload)
+        assert attributes(records(released)[0])["http.request.header.cookie"] == "[REDACTED]"
+        assert attributes(released.resource_logs[0].resource)["http.request.header.authorization"] == "[REDACTED]"
+        assert attributes(released.resource_logs[0].resource)["service.name"] == "web"
+        assert b"abc.def.ghi" not in payload and b"abcdefghijkl" not in payload
+        assert stats.redactions == {"attribute": 2} and stats.records == 2
+        assert records(released)[1].body == kept.body
 
     def test_release_all_on_shutdown(self) -> None:
         """Shutdown takes every held record out, decided with what is known."""

@@ -72,14 +72,14 @@ def run_timed(name: str, requests: list[tuple[float, bytes]], step: float) -> in
         expected_released = oracle.release_ready(now)
         assert (released is None) == (expected_released is None)
         if released is not None:
-            assert released[0] == expected_released[0]
+            assert ExportLogsServiceRequest.FromString(released[0]) == expected_released[0]
             assert _stats(released[1]) == _stats(expected_released[1])
         compared += 1
     final = wire_pipeline.release_all(now)
     expected_final = oracle.release_all(now)
     assert (final is None) == (expected_final is None)
     if final is not None:
-        assert final[0] == expected_final[0]
+        assert ExportLogsServiceRequest.FromString(final[0]) == expected_final[0]
     assert len(wire_pipeline.holding) == len(oracle.holding) == 0
     return compared
 

@@ -272,7 +272,8 @@ class Checker:
     def _check_released(self, released) -> None:
         if released is None:
             return
-        request, stats = released
+        payload, stats = released
+        request = ExportLogsServiceRequest.FromString(payload)
         count = 0
         for resource_logs in request.resource_logs:
             resource = (wire(resource_logs.resource), resource_logs.schema_url)
