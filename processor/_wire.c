@@ -11,6 +11,7 @@
  * - assemble() writes the request to forward: each record with bytes appended (its enrichment;
  *   protobuf merges a repeated field's later entries into the same message), replaced, or left
  *   out, and every enclosing length prefix recomputed.
+ * - may_match() looks for the downgrade rules' needles in the bytes of the records they could match.
  * - first_needles() runs the user-agent needle automaton (built in wire.py, checked once by
  *   automaton()) over new user agents.
  *
@@ -21,6 +22,7 @@
  * the decoded record instead. Field numbers are those of opentelemetry/proto (logs.proto,
  * common.proto, logs_service.proto).
  */
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -1146,6 +1148,74 @@ static PyObject *wire_learn_new(PyObject *Py_UNUSED(module), PyObject *args)
     return known;
 }
 
+/* --- rule prefilter ---------------------------------------------------------------------------------- */
+
+/* Whether one of ``group`` (a tuple of bytes) occurs in p[0:n]; -1 with an exception if it is not a
+ * tuple of bytes. */
+static int any_needle(PyObject *group, const char *p, Py_ssize_t n)
+{
+    if (!PyTuple_Check(group)) {
+        PyErr_SetString(PyExc_TypeError, "a needle group must be a tuple of bytes");
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(group); k++) {
+        PyObject *needle = PyTuple_GET_ITEM(group, k);
+        if (!PyBytes_Check(needle)) {
+            PyErr_SetString(PyExc_TypeError, "a needle must be bytes");
+            return -1;
+        }
+        if (memmem(p, (size_t)n, PyBytes_AS_STRING(needle), (size_t)PyBytes_GET_SIZE(needle)) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+/* The records (of ``records``, in their order) some rule may match: a record holding a backslash,
+ * or, for some rule, one needle of each of its groups. ``rules``: per rule, a tuple of groups. */
+static PyObject *wire_may_match(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer payload, spans;
+    PyObject *records, *rules;
+    if (!PyArg_ParseTuple(args, "y*y*O!O!", &payload, &spans, &PyList_Type, &records, &PyTuple_Type, &rules))
+        return NULL;
+    PyObject *result = PyList_New(0);
+    const uint32_t *span = spans.buf;
+    Py_ssize_t count = spans.len / (Py_ssize_t)(2 * sizeof(uint32_t));
+    for (Py_ssize_t i = 0; result != NULL && i < PyList_GET_SIZE(records); i++) {
+        PyObject *item = PyList_GET_ITEM(records, i);
+        Py_ssize_t record = PyLong_AsSsize_t(item);
+        if (record == -1 && PyErr_Occurred()) {
+            Py_CLEAR(result);
+            break;
+        }
+        if (record < 0 || record >= count || span[2 * record] > span[2 * record + 1] || span[2 * record + 1] > payload.len) {
+            PyErr_SetString(PyExc_ValueError, "a record outside the payload");
+            Py_CLEAR(result);
+            break;
+        }
+        const char *p = (const char *)payload.buf + span[2 * record];
+        Py_ssize_t n = span[2 * record + 1] - span[2 * record];
+        int maybe = memchr(p, '\\', (size_t)n) != NULL; /* a JSON text body may spell any value with escapes */
+        for (Py_ssize_t r = 0; !maybe && r < PyTuple_GET_SIZE(rules); r++) {
+            PyObject *groups = PyTuple_GET_ITEM(rules, r);
+            if (!PyTuple_Check(groups)) {
+                PyErr_SetString(PyExc_TypeError, "a rule's needles must be a tuple of groups");
+                maybe = -1;
+                break;
+            }
+            int all = 1;
+            for (Py_ssize_t g = 0; all == 1 && g < PyTuple_GET_SIZE(groups); g++)
+                all = any_needle(PyTuple_GET_ITEM(groups, g), p, n);
+            maybe = all;
+        }
+        if (maybe < 0 || (maybe && PyList_Append(result, item) < 0))
+            Py_CLEAR(result);
+    }
+    PyBuffer_Release(&payload);
+    PyBuffer_Release(&spans);
+    return result;
+}
+
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* The needle automaton (Aho-Corasick, built in wire.py), checked and copied once by automaton():
@@ -1394,6 +1464,8 @@ static PyMethodDef methods[] = {
      "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
     {"learn_new", wire_learn_new, METH_VARARGS,
      "learn_new(memory, trace_ids, values) -> positions of the traces memory already had (the others are added)"},
+    {"may_match", wire_may_match, METH_VARARGS,
+     "may_match(payload, spans, records, rules) -> the records some rule may match, by the needles in their bytes"},
     {"automaton", wire_automaton, METH_VARARGS,
      "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for first_needles"},
     {"first_needles", wire_first_needles, METH_VARARGS,

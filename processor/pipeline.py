@@ -175,8 +175,8 @@ class Pipeline:
         held_from: list[tuple] = []  # (index, record, its bytes, has synthetic type, rule)
         redactions: dict[str, int] = {}  # per rule
         redactor = self.redactor
-        may_match = self.rules.may_match  # a candidate no rule can match needs no more than the rest
-        candidates = [i for i in found.candidates if may_match(payload, spans[2 * i], spans[2 * i + 1])]
+        # A candidate no rule can match needs no more than the rest.
+        candidates = self.rules.may_match_among(payload, spans, found.candidates)
         for index in sorted(rejected.union(secrets, upstream, candidates)):
             counts[verdict_of(index)] -= 1  # counted by _slow
             wire_bytes = payload[spans[2 * index] : spans[2 * index + 1]]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import re
+from array import array
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -95,6 +95,35 @@ def test_a_record_no_rule_can_match_is_told_from_its_bytes(record: LogRecord) ->
     for rules in (AUTH0, load_rule_set(str(EXTRA_RULES))):
         if not rules.may_match(b"xx" + payload + b"xx", 2, 2 + len(payload)):
             assert rules.match(record, 17) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(gen.log_records(), max_size=6), st.data())
+def test_may_match_among_is_may_match_of_each(records: list[LogRecord], data) -> None:
+    """One C pass over a request's candidates: those in which, for some rule, one needle of each of
+    its groups occurs, or a backslash (a plain search, here), in the order given."""
+    payload, spans = b"", array("I")
+    for record in records:
+        serialized = record.SerializeToString()
+        spans.extend((len(payload) + 1, len(payload) + 1 + len(serialized)))
+        payload += b"x" + serialized
+    asked = data.draw(st.lists(st.sampled_from(range(len(records))), unique=True)) if records else []
+    for rules in (AUTH0, load_rule_set(str(EXTRA_RULES))):
+        texts = {i: payload[spans[2 * i] : spans[2 * i + 1]] for i in asked}
+        expected = [
+            i
+            for i in asked
+            if b"\\" in texts[i]
+            or any(all(any(n in texts[i] for n in group) for group in groups) for groups in rules._needles)
+        ]
+        assert rules.may_match_among(payload, spans, asked) == expected
+
+
+def test_may_match_among_refuses_what_is_not_a_record() -> None:
+    with pytest.raises(ValueError):
+        AUTH0.may_match_among(b"abc", array("I", (0, 9)), [0])
+    with pytest.raises(ValueError):
+        AUTH0.may_match_among(b"abc", array("I", (0, 3)), [1])
 
 
 @pytest.mark.parametrize(

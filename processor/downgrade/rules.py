@@ -15,11 +15,14 @@ value will do). Where each condition looks:
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import orjson
+
+from .. import _wire
 
 from ..data_files import entry_name, parse_named
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -117,20 +120,13 @@ class RuleSet:
     def may_match(self, payload: bytes, start: int, end: int) -> bool:
         """False only if no rule can match the serialized record ``payload[start:end]``: a cheap
         look at its bytes before it is decoded (most warnings and errors are not known noise)."""
-        find = payload.find
-        if find(b"\\", start, end) >= 0:
-            return True  # a JSON text body may spell any value with escapes
-        # Plain loops: this runs for every warning and error, and generators cost more than the finds.
-        for groups in self._needles:
-            for group in groups:
-                for needle in group:
-                    if find(needle, start, end) >= 0:
-                        break
-                else:
-                    break  # none of the group: this rule cannot match
-            else:
-                return True
-        return False
+        return bool(self.may_match_among(payload, array("I", (start, end)), [0]))
+
+    def may_match_among(self, payload: bytes, spans, records: list[int]) -> list[int]:
+        """Those of ``records`` (``spans``: uint32 start, end of each record in ``payload``) that
+        ``may_match``, looked at in one C pass. A record with a backslash always may: a JSON text
+        body may spell any value with escapes."""
+        return _wire.may_match(payload, spans, records, self._needles)
 
     def match(self, record, severity: int) -> Rule | None:
         """The first rule that matches a LogRecord whose (effective) severity number is ``severity``."""
