@@ -11,6 +11,7 @@
  * - assemble() writes the request to forward: each record with bytes appended (its enrichment;
  *   protobuf merges a repeated field's later entries into the same message), replaced, or left
  *   out, and every enclosing length prefix recomputed.
+ * - record_text() reads what a rule needs of a candidate record whose body is one string.
  * - may_match() looks for the downgrade rules' needles in the bytes of the records they could match.
  * - first_needles() runs the user-agent needle automaton (built in wire.py, checked once by
  *   automaton()) over new user agents.
@@ -1216,6 +1217,104 @@ static PyObject *wire_may_match(PyObject *Py_UNUSED(module), PyObject *args)
     return result;
 }
 
+/* Whether p[0:n] is one of ``keys`` (a tuple of bytes). */
+static int is_one_of(PyObject *keys, const uint8_t *p, Py_ssize_t n)
+{
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, k);
+        if (PyBytes_GET_SIZE(key) == n && memcmp(PyBytes_AS_STRING(key), p, (size_t)n) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* What a downgrade rule reads of one serialized LogRecord (already checked), when that is little:
+ * (severity_number, severity_text, body) if its body is given once, as one string_value and
+ * nothing else, and none of its attributes has a key in ``keys`` or a key given twice; else None
+ * (the caller decodes the record). Fields of an unexpected wire type give None too. */
+static PyObject *wire_record_text(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer record;
+    PyObject *keys;
+    if (!PyArg_ParseTuple(args, "y*O!", &record, &PyTuple_Type, &keys))
+        return NULL;
+    PyObject *result = NULL;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(keys); k++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(keys, k))) {
+            PyErr_SetString(PyExc_TypeError, "keys must be a tuple of bytes");
+            goto done;
+        }
+    }
+    const uint8_t *buf = record.buf;
+    Py_ssize_t at = 0, stop = record.len;
+    long number = 0;
+    Py_ssize_t text_start = 0, text_end = 0, body_start = 0, body_end = 0;
+    int bodies = 0;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            goto simple_no;
+        switch (f.number) {
+        case 2: /* severity_number */
+            if (f.wire_type != 0)
+                goto simple_no;
+            number = (long)(int32_t)(uint32_t)f.value;
+            break;
+        case 3: /* severity_text */
+        case 9: /* trace_id: the caller takes it from the index, which reads only this wire type */
+            if (f.wire_type != 2)
+                goto simple_no;
+            if (f.number == 3)
+                text_start = f.start, text_end = f.end;
+            break;
+        case 5: /* body: an AnyValue holding exactly one field, string_value */
+            if (f.wire_type != 2 || ++bodies > 1)
+                goto simple_no;
+            body_start = f.start;
+            body_end = f.end;
+            break;
+        case 6: { /* attributes: KeyValue, its key once */
+            if (f.wire_type != 2)
+                goto simple_no;
+            Py_ssize_t in = f.start;
+            int named = 0;
+            while (in < f.end) {
+                field_t kv;
+                if (!next_field(buf, &in, f.end, &kv))
+                    goto simple_no;
+                if (kv.number != 1)
+                    continue;
+                if (kv.wire_type != 2 || named++ || is_one_of(keys, buf + kv.start, kv.end - kv.start))
+                    goto simple_no;
+            }
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    if (bodies != 1)
+        goto simple_no;
+    {
+        Py_ssize_t in = body_start;
+        field_t value;
+        if (!next_field(buf, &in, body_end, &value) || value.number != 1 || value.wire_type != 2 || in != body_end)
+            goto simple_no;
+        result = Py_BuildValue("(ls#s#)", number, (const char *)buf + text_start, text_end - text_start,
+                               (const char *)buf + value.start, value.end - value.start);
+        if (result == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear(); /* not UTF-8 (the check would have refused it): let upb say what it is */
+            goto simple_no;
+        }
+        goto done;
+    }
+simple_no:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&record);
+    return result;
+}
+
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* The needle automaton (Aho-Corasick, built in wire.py), checked and copied once by automaton():
@@ -1466,6 +1565,9 @@ static PyMethodDef methods[] = {
      "learn_new(memory, trace_ids, values) -> positions of the traces memory already had (the others are added)"},
     {"may_match", wire_may_match, METH_VARARGS,
      "may_match(payload, spans, records, rules) -> the records some rule may match, by the needles in their bytes"},
+    {"record_text", wire_record_text, METH_VARARGS,
+     "record_text(record, keys) -> (severity_number, severity_text, body) if the record's body is one string and no "
+     "attribute has one of keys; else None"},
     {"automaton", wire_automaton, METH_VARARGS,
      "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for first_needles"},
     {"first_needles", wire_first_needles, METH_VARARGS,

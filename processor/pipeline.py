@@ -62,9 +62,13 @@ class Stats:
 
 
 def effective_severity(record) -> int:
-    number = record.severity_number
-    if number == 0 and record.severity_text:
-        return _TEXT_SEVERITY.get(record.severity_text.upper(), 0)
+    return severity_of(record.severity_number, record.severity_text)
+
+
+def severity_of(number: int, text: str) -> int:
+    """The severity number a record with these severity fields counts as."""
+    if number == 0 and text:
+        return _TEXT_SEVERITY.get(text.upper(), 0)
     return number
 
 
@@ -172,7 +176,7 @@ class Pipeline:
 
         for index in typed:  # user_agent.synthetic.type is added unless the record has it
             forward[index] = verdict_of(index).wire
-        held_from: list[tuple] = []  # (index, record, its bytes, has synthetic type, rule)
+        held_from: list[tuple] = []  # (index, trace id, severity fields, its bytes, has synthetic type, rule)
         redactions: dict[str, int] = {}  # per rule
         redactor = self.redactor
         # A candidate no rule can match needs no more than the rest.
@@ -181,7 +185,18 @@ class Pipeline:
             counts[verdict_of(index)] -= 1  # counted by _slow
             wire_bytes = payload[spans[2 * index] : spans[2 * index + 1]]
             done = self._slow(
-                index, record_at, wire_bytes, own.get(index), index in typed, rejected, upstream, memory, now, stats, held_from
+                index,
+                record_at,
+                wire_bytes,
+                trace_ids[index],
+                own.get(index),
+                index in typed,
+                rejected,
+                upstream,
+                memory,
+                now,
+                stats,
+                held_from,
             )
             if done is not None and index in secrets:
                 done = redactor.redact_record_bytes(done, redactions)
@@ -214,8 +229,14 @@ class Pipeline:
         cache[serialized] = verdict
         return verdict
 
-    def _slow(self, index, record_at, wire, verdict, has_synthetic_type, rejected, upstream, memory, now, stats, held_from):
-        """One record that may match a rule, holds a secret, or was rejected: its bytes to forward, or None."""
+    def _slow(
+        self, index, record_at, wire, trace_id, verdict, has_synthetic_type, rejected, upstream, memory, now, stats,
+        held_from,
+    ):
+        """One record that may match a rule, holds a secret, or was rejected: its bytes to forward, or None.
+
+        ``trace_id`` is the index's, which is the record's when ``record_text`` reads it; any other
+        record is decoded."""
         if index in rejected:
             return None
         already = upstream.get(index)
@@ -224,22 +245,28 @@ class Pipeline:
             _count(stats.by_source, already)
             stats.records += 1
             return wire
-        record = record_at(index)
-        rule = None
-        severity = effective_severity(record)
-        if severity >= self.rules.min_severity_number:
-            rule = self.rules.match(record, severity)
-        if verdict is None:
+        rules = self.rules
+        read = rules.record_text(wire)  # most candidates: a string body, no attribute a rule reads
+        if read is None:
+            record = record_at(index)
+            severity_fields = (record.severity_number, record.severity_text)
             trace_id = record.trace_id
+        else:
+            severity_fields = read[:2]
+        severity = severity_of(*severity_fields)
+        rule = None
+        if severity >= rules.min_severity_number:
+            rule = rules.match(record, severity) if read is None else rules.match_text(read[2], severity)
+        if verdict is None:
             known = memory.recall(trace_id, now) if trace_id else None
             if known is not None:
                 verdict = known.inherited()
             elif rule is not None and trace_id and self.window_s > 0:
-                held_from.append((index, record, wire, has_synthetic_type, rule))
+                held_from.append((index, trace_id, severity_fields, wire, has_synthetic_type, rule))
                 return None
             else:
                 verdict = UNKNOWN
-        return self._decide_wire((record.severity_number, record.severity_text), wire, verdict, has_synthetic_type, rule, stats)
+        return self._decide_wire(severity_fields, wire, verdict, has_synthetic_type, rule, stats)
 
     def _decide_wire(
         self, severity: tuple[int, str], wire: bytes, verdict: Verdict, has_synthetic_type: bool, rule, stats: Stats
@@ -306,7 +333,7 @@ class Pipeline:
         groups = found.groups
         firsts = [group[3] for group in groups]
         held_groups: dict[int, HeldGroup] = {}  # one per ScopeLogs of this request
-        for index, record, serialized, has_synthetic_type, rule in waiting:
+        for index, trace_id, severity_fields, serialized, has_synthetic_type, rule in waiting:
             g = bisect_right(firsts, index) - 1
             group = held_groups.get(g)
             if group is None:
@@ -314,10 +341,10 @@ class Pipeline:
                 group = held_groups[g] = HeldGroup(resource_logs, scope_logs, found.resources[which])
             self.holding.hold(
                 Held(
-                    record.trace_id,
+                    trace_id,
                     serialized,
                     group,
-                    (record.severity_number, record.severity_text),
+                    severity_fields,
                     rule,
                     has_synthetic_type,
                     index in secrets,

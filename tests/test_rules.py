@@ -119,6 +119,46 @@ def test_may_match_among_is_may_match_of_each(records: list[LogRecord], data) ->
         assert rules.may_match_among(payload, spans, asked) == expected
 
 
+@settings(max_examples=400, deadline=None)
+@given(gen.log_records())
+def test_a_record_read_without_decoding_it_matches_as_decoded(record: LogRecord) -> None:
+    """record_text reads a record only when its body is one string and no attribute has a key a
+    rule reads; match_text on what it read then answers as match on the decoded record."""
+    payload = record.SerializeToString()
+    for rules in (AUTH0, load_rule_set(str(EXTRA_RULES))):
+        read = rules.record_text(payload)
+        if read is None:
+            continue
+        assert read == (record.severity_number, record.severity_text, record.body.string_value)
+        assert record.body.WhichOneof("value") == "string_value"
+        for severity in (13, 17):
+            assert rules.match_text(read[2], severity) == rules.match(record, severity)
+
+
+def _field(number: int, content: bytes) -> bytes:
+    return bytes(((number << 3) | 2, len(content))) + content
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        (b"", "a plain record is read"),
+        (_field(5, _field(1, b"again")), "a body given twice is merged by protobuf"),
+        (_field(6, _field(1, b"error.code") + _field(2, _field(1, b"E1"))), "an attribute a rule reads"),
+        (_field(6, _field(1, b"note") + _field(1, b"code") + _field(2, _field(1, b"E1"))), "a key given twice"),
+        (bytes((2 << 3 | 2, 1, 9)), "severity_number of another wire type"),
+        (bytes((9 << 3, 1)), "trace_id of another wire type"),
+    ],
+)
+def test_record_text_leaves_what_it_does_not_model_to_the_decoder(extra: bytes, why: str) -> None:
+    record = text("AccessTokenError ERR_MISSING_SESSION", attributes_of_no_interest="x")
+    payload = record.SerializeToString() + extra
+    read = AUTH0.record_text(payload)
+    assert (read is not None) is (extra == b""), why
+    decoded = LogRecord.FromString(payload)
+    assert (AUTH0.match_text(read[2], 17) if read else AUTH0.match(decoded, 17)) == AUTH0.match(decoded, 17)
+
+
 def test_may_match_among_refuses_what_is_not_a_record() -> None:
     with pytest.raises(ValueError):
         AUTH0.may_match_among(b"abc", array("I", (0, 9)), [0])

@@ -116,6 +116,9 @@ class RuleSet:
         self._wanted_attributes = frozenset(k for r in rules for k, _ in r.attributes)
         # Per rule, groups of byte strings: a record the rule matches contains one of each group.
         self._needles = tuple(_needles(rule) for rule in rules)
+        # The attribute keys rules read: a record with none of them is matched on its body alone.
+        read = TYPE_ATTRIBUTES | CODE_ATTRIBUTES | TEXT_ATTRIBUTES | self._wanted_attributes
+        self._fact_keys = tuple(key.encode() for key in sorted(read))
 
     def may_match(self, payload: bytes, start: int, end: int) -> bool:
         """False only if no rule can match the serialized record ``payload[start:end]``: a cheap
@@ -132,7 +135,23 @@ class RuleSet:
         """The first rule that matches a LogRecord whose (effective) severity number is ``severity``."""
         if severity < self.min_severity_number:
             return None
-        facts = gather_facts(record, self._wanted_attributes)
+        return self._first_match(gather_facts(record, self._wanted_attributes), severity)
+
+    def record_text(self, record: bytes) -> tuple[int, str, str] | None:
+        """(severity_number, severity_text, body) of a serialized LogRecord whose body is one string
+        and whose attributes hold nothing a rule reads (then ``match_text`` decides it without
+        decoding it); None for any other record."""
+        return _wire.record_text(record, self._fact_keys)
+
+    def match_text(self, body: str, severity: int) -> Rule | None:
+        """``match`` for a record ``record_text`` read: its body is the string ``body``."""
+        if severity < self.min_severity_number:
+            return None
+        facts = Facts()
+        _string_body_facts(facts, body)
+        return self._first_match(facts, severity)
+
+    def _first_match(self, facts: Facts, severity: int) -> Rule | None:
         for rule in self.rules:
             if severity >= rule.min_severity_number and rule.matches(facts):
                 return rule
@@ -173,16 +192,19 @@ def gather_facts(record, wanted_attributes: frozenset[str] = frozenset()) -> Fac
     body = record.body
     kind = body.WhichOneof("value")
     if kind == "string_value":
-        text = body.string_value
-        facts.body_strings.append(text)
-        parsed = _json_object(text)
-        if parsed is None:
-            facts.texts.append(text)
-        else:
-            _walk(parsed, facts, 0, [0])
+        _string_body_facts(facts, body.string_value)
     elif kind == "kvlist_value":
         _walk(_kvlist_to_dict(body.kvlist_value, 0), facts, 0, [0])
     return facts
+
+
+def _string_body_facts(facts: Facts, text: str) -> None:
+    facts.body_strings.append(text)
+    parsed = _json_object(text)
+    if parsed is None:
+        facts.texts.append(text)
+    else:
+        _walk(parsed, facts, 0, [0])
 
 
 def _scalar_string(value: AnyValue) -> str | None:
