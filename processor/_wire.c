@@ -1419,6 +1419,56 @@ typedef struct {
     Py_ssize_t value;  /* which value it is (-1: the lane is empty) */
 } lane_t;
 
+/* The verdicts user agents give their records, from the cache (cache key -> verdict or None), in
+ * one pass: {record: verdict} for those that give one; or, if some keys are not in the cache, the
+ * list of those (the caller classifies them and asks again); or None if a record has two user
+ * agents (the caller chooses between them). ``records`` is in request order, so a record's user
+ * agents are next to each other. */
+static PyObject *wire_user_agent_verdicts(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *cache, *records, *keys;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &cache, &PyList_Type, &records, &PyList_Type, &keys))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(records) != n) {
+        PyErr_SetString(PyExc_ValueError, "records and keys of different lengths");
+        return NULL;
+    }
+    PyObject *missing = NULL, *own = PyDict_New();
+    int twice = 0;
+    if (own == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *verdict = PyDict_GetItemWithError(cache, key); /* borrowed */
+        if (verdict == NULL) {
+            if (PyErr_Occurred() || (missing == NULL && (missing = PyList_New(0)) == NULL) || PyList_Append(missing, key) < 0)
+                goto fail;
+            continue;
+        }
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (i > 0 && !twice) {
+            int same = PyObject_RichCompareBool(record, PyList_GET_ITEM(records, i - 1), Py_EQ);
+            if (same < 0)
+                goto fail;
+            twice = same;
+        }
+        if (missing == NULL && !twice && verdict != Py_None && PyDict_SetItem(own, record, verdict) < 0)
+            goto fail;
+    }
+    if (missing != NULL || twice) {
+        Py_DECREF(own);
+        if (missing != NULL)
+            return missing;
+        Py_RETURN_NONE;
+    }
+    return own;
+fail:
+    Py_XDECREF(missing);
+    Py_DECREF(own);
+    return NULL;
+}
+
 /* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
  * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is
  * none; -1 if it is not such a string.
@@ -1568,6 +1618,8 @@ static PyMethodDef methods[] = {
     {"record_text", wire_record_text, METH_VARARGS,
      "record_text(record, keys) -> (severity_number, severity_text, body) if the record's body is one string and no "
      "attribute has one of keys; else None"},
+    {"user_agent_verdicts", wire_user_agent_verdicts, METH_VARARGS,
+     "user_agent_verdicts(cache, records, keys) -> {record: verdict}; the keys not in cache; or None if a record has two"},
     {"automaton", wire_automaton, METH_VARARGS,
      "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for first_needles"},
     {"first_needles", wire_first_needles, METH_VARARGS,

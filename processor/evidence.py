@@ -164,25 +164,26 @@ class EvidenceReader:
     def _user_agents_of(self, records: list[int], keys: list[bytes]) -> dict[int, Verdict]:
         """The verdicts the user-agent attributes give their records (those that give one).
 
-        Looked up for the whole request in C-level passes; the user agents not in the cache are
+        Looked up for the whole request in one C pass; the user agents not in the cache are
         classified together (a flood of unique ones costs little more per record than the usual few).
         """
         cache = self._user_agents
-        new = set(keys).difference(cache)
-        if new:
+        found = wire.user_agent_verdicts(cache, records, keys)
+        if isinstance(found, list):  # not in the cache: classified, then looked up again
+            new = list(dict.fromkeys(found))
             if len(cache) + len(new) > self._cache_size:
                 # Bounded: a flood of unique user agents starts the cache over rather than tracking age.
                 cache.clear()
-                new = set(keys)
-            cache.update(self._classify_user_agents(list(new)))
-        verdicts = list(map(cache.__getitem__, keys))
-        own = dict(compress(zip(records, verdicts), verdicts))  # a Verdict is true, None is not
-        if len(set(records)) != len(records):  # a record with two user agents: the better one, the first on a tie
-            own = {}
-            for record, verdict in zip(records, verdicts):
-                best = own.get(record)
-                if verdict is not None and (best is None or verdict.rank < best.rank):
-                    own[record] = verdict
+                new = list(dict.fromkeys(keys))
+            cache.update(self._classify_user_agents(new))
+            found = wire.user_agent_verdicts(cache, records, keys)
+        if found is not None:
+            return found
+        own: dict[int, Verdict] = {}  # a record with two user agents: the better one, the first on a tie
+        for record, verdict in zip(records, map(cache.__getitem__, keys)):
+            best = own.get(record)
+            if verdict is not None and (best is None or verdict.rank < best.rank):
+                own[record] = verdict
         return own
 
     def _classify_user_agents(self, keys: list[bytes]) -> dict[bytes, Verdict | None]:

@@ -121,6 +121,13 @@ def resolve(trace_ids: list[bytes], own: dict, inherited: dict, fallback) -> tup
     return _wire.resolve(trace_ids, own, inherited, fallback)
 
 
+def user_agent_verdicts(cache: dict, records: list[int], keys: list[bytes]):
+    """The user agents' verdicts, from ``cache`` (cache key -> Verdict or None), in one C pass:
+    ``{record: verdict}`` for the records they give one; or the list of ``keys`` not in ``cache``;
+    or None if a record has two user agents (the caller picks one)."""
+    return _wire.user_agent_verdicts(cache, records, keys)
+
+
 def field(number: int, content: bytes) -> bytes:
     """A length-delimited protobuf field (``number`` < 16: a one-byte tag): its tag, the varint length
     of ``content``, then ``content``."""

@@ -248,6 +248,31 @@ def test_the_needle_automaton_agrees_with_a_plain_search(needles: list[str], tex
     assert automaton.first([b"\x07" + v for v in values], 1, 99) == [expected(t) for t in texts]
 
 
+def test_user_agent_verdicts_from_the_cache_in_one_pass() -> None:
+    hit, miss = object(), object()
+    cache = {b"a": hit, b"b": None, b"c": miss}
+    assert wire.user_agent_verdicts(cache, [0, 1, 2], [b"a", b"b", b"c"]) == {0: hit, 2: miss}
+    # Keys not in the cache, in order (the caller classifies them), even with a record given twice.
+    assert wire.user_agent_verdicts(cache, [0, 1, 1, 2], [b"x", b"a", b"c", b"x"]) == [b"x", b"x"]
+    assert wire.user_agent_verdicts(cache, [0, 1, 1], [b"a", b"b", b"c"]) is None  # two for record 1
+    assert wire.user_agent_verdicts(cache, [], []) == {}
+    with pytest.raises(ValueError):
+        wire.user_agent_verdicts(cache, [0], [])
+
+
+def test_a_record_with_two_user_agents_takes_the_better() -> None:
+    """By the classifier's rank (a signature before a browser); on a tie, the first."""
+    pipeline = PIPELINES["default"]
+    chrome = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+    for first, second in ((chrome, DATADOG), (DATADOG, chrome)):
+        record = _record(_kv("user_agent.original", first), _kv("http.user_agent", second))
+        verdict = _own(pipeline, _request(_record(), record), 1)[0]
+        assert verdict == pipeline.evidence.decoded(record)[0]
+        assert verdict.source == "synthetic"
+    both = _record(_kv("user_agent.original", "curl/8.4.0"), _kv("http.user_agent", "curl/8.5.0"))
+    assert _own(pipeline, _request(both))[0] is pipeline.evidence.decoded(both)[0]
+
+
 def test_a_key_in_a_body_a_map_or_a_bytes_value_is_not_evidence() -> None:
     nested = AnyValue(kvlist_value=KeyValueList(values=[_kv("user_agent.original", DATADOG)]))
     inner = _record(_kv("user_agent.original", DATADOG)).SerializeToString()
