@@ -503,7 +503,13 @@ def check_rules(pipeline: Pipeline, record: LogRecord, severities: Iterable[int]
     """``RuleSet.match`` returns a rule or None, at the record's severity and the given ones."""
     rules = pipeline.rules
     before = wire(record)
+    # What the pipeline looks at before decoding a record: the needles in its bytes, and its body
+    # read from its bytes when that is all a rule needs. Both must answer as the decoded record does.
+    may = rules.may_match(before, 0, len(before))
+    read = rules.record_text(before)
     for severity in (effective_severity(record), *severities):
         rule = rules.match(record, severity)
         assert rule is None or (rule in rules.rules and severity >= rule.min_severity_number), rule
+        assert rule is None or may, f"may_match refused a record {rule.name} matches"
+        assert read is None or rules.match_text(read[2], severity) == rule, "match_text disagrees with match"
     assert wire(record) == before, "the rule matcher changed the record"
