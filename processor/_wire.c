@@ -841,7 +841,7 @@ static Py_ssize_t varint_size(uint64_t n)
 
 static void put(assembly_t *a, const void *p, Py_ssize_t n)
 {
-    if (a->out != NULL)
+    if (a->out != NULL && n > 0) /* (p may be NULL when there is nothing to copy: memcpy must not see it) */
         memcpy(a->out + a->at, p, (size_t)n);
     a->at += n;
 }
