@@ -1411,14 +1411,6 @@ static inline int all_ascii(const uint8_t *p, Py_ssize_t n)
     return (high & 0x8080808080808080ULL) == 0;
 }
 
-typedef struct {
-    const uint8_t *p;  /* the text's next byte */
-    Py_ssize_t left;   /* bytes still to read */
-    uint32_t state;
-    int32_t best;
-    Py_ssize_t value;  /* which value it is (-1: the lane is empty) */
-} lane_t;
-
 /* The verdicts user agents give their records, from the cache (cache key -> verdict or None), in
  * one pass: {record: verdict} for those that give one; or, if some keys are not in the cache, the
  * list of those (the caller classifies them and asks again); or None if a record has two user
@@ -1468,6 +1460,14 @@ fail:
     Py_DECREF(own);
     return NULL;
 }
+
+typedef struct {
+    const uint8_t *p;  /* the text's next byte */
+    Py_ssize_t left;   /* bytes still to read */
+    uint32_t state;
+    int32_t best;
+    Py_ssize_t value;  /* which value it is (-1: the lane is empty) */
+} lane_t;
 
 /* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
  * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is

@@ -4,7 +4,8 @@ No I/O here: the intake hands a checked, serialized request in and gets back the
 request to forward (``process_wire``); time comes in as an argument. Everything that can be decided
 once (signatures, rules, prepared attributes and their bytes) is decided in ``Pipeline.__init__``.
 Records are read and written in their serialized form (``wire``); a record is decoded only when
-it may match a rule, holds a secret, or carries evidence the C walk does not settle (``evidence``).
+it may match a rule and its body is more than one string (``RuleSet.record_text``), holds a secret,
+or carries evidence the C walk does not settle (``evidence``). Held records stay serialized too.
 
 How a record's source is decided:
 1. its own attributes (marker header, monitor address, user agent, health path), else its

@@ -14,7 +14,10 @@ else the pipeline does, and most records need only a few prepared bytes appended
   out, and every enclosing length prefix recomputed. Everything else is copied byte for byte.
 - ``Scanner`` finds the redactor's literals in a whole request in one pass (Hyperscan, a SIMD
   multi-literal search); ``FirstNeedle`` (an automaton run in C) the first user-agent signature
-  needle in each of a request's new user agents.
+  needle in each of a request's new user agents; ``user_agent_verdicts`` (C) maps a request's user
+  agents to their records through the cache.
+- ``field`` writes one length-delimited field: held records are released as a request built of
+  their bytes.
 
 ``assemble`` only ever sees requests ``index`` found valid.
 """

@@ -23,7 +23,6 @@ from typing import Any
 import orjson
 
 from .. import _wire
-
 from ..data_files import entry_name, parse_named
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
