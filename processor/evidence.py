@@ -100,11 +100,14 @@ class EvidenceReader:
         own = self._user_agents_of(found.ua_records, found.ua_keys)
         typed: set[int] = set()
         upstream: dict[int, str] = {}
+        others = self._others
         for record, key, value in found.hits:
             if key == self._synthetic_type:
                 typed.add(record)
                 continue
-            verdict = self._other(key, value)
+            verdict = others.get((key, value), _MISSING)  # (the cache _other fills: no call per hit)
+            if verdict is _MISSING:
+                verdict = self._other(key, value)
             if verdict is not None:
                 best = own.get(record)
                 if best is None or verdict.rank < best.rank:
@@ -156,10 +159,13 @@ class EvidenceReader:
             return set()
         if self._every_record_secret:
             return set(range(len(spans) // 2))
+        positions = self._secrets.positions(payload)
+        if not positions:  # the usual request
+            return set()
         starts = spans[::2].tolist()
         # An occurrence outside every record (in a resource) names the record before it: harmless,
         # the redactor checks what it is given.
-        return {bisect_right(starts, at) - 1 for _, at in self._secrets.positions(payload)} - {-1}
+        return {bisect_right(starts, at) - 1 for _, at in positions} - {-1}
 
     def _user_agents_of(self, records: list[int], keys: list[bytes]) -> dict[int, Verdict]:
         """The verdicts the user-agent attributes give their records (those that give one).
