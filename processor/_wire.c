@@ -1261,7 +1261,7 @@ static PyObject *wire_record_text(PyObject *Py_UNUSED(module), PyObject *args)
             number = (long)(int32_t)(uint32_t)f.value;
             break;
         case 3: /* severity_text */
-        case 9: /* trace_id: the caller takes it from the index, which reads only this wire type */
+        case 9: /* trace_id: the caller takes the index's, which is upb's when every occurrence is bytes */
             if (f.wire_type != 2)
                 goto simple_no;
             if (f.number == 3)

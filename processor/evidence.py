@@ -105,9 +105,9 @@ class EvidenceReader:
             if key == self._synthetic_type:
                 typed.add(record)
                 continue
-            verdict = others.get((key, value), _MISSING)  # (the cache _other fills: no call per hit)
+            verdict = others.get((key, value), _MISSING)
             if verdict is _MISSING:
-                verdict = self._other(key, value)
+                verdict = self._classify_other(key, value)
             if verdict is not None:
                 best = own.get(record)
                 if best is None or verdict.rank < best.rank:
@@ -124,15 +124,13 @@ class EvidenceReader:
                 typed.add(record)
         return Evidence(found, own, typed, upstream, self._secrets_in(payload, spans))
 
-    def _other(self, key: int, value: bytes) -> Verdict | None:
-        """The verdict of any other evidence attribute: a probe's path, a header, an address; cached
-        like user agents, since the same few values come again and again."""
+    def _classify_other(self, key: int, value: bytes) -> Verdict | None:
+        """The verdict of any other evidence attribute (a probe's path, a header, an address) not in
+        ``_others``, which ``read`` looks up first: the same few values come again and again."""
         cache = self._others
-        verdict = cache.get((key, value), _MISSING)
-        if verdict is _MISSING:
-            if len(cache) >= self._cache_size:
-                cache.clear()
-            verdict = cache[key, value] = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
+        if len(cache) >= self._cache_size:
+            cache.clear()
+        verdict = cache[key, value] = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
         return verdict
 
     def decoded(self, record: LogRecord) -> tuple[Verdict | None, bool, str | None]:
