@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 PROTOBUF = "protobuf"
 JSON = "json"
+# Released records join the request being forwarded only while both stay under gRPC's default
+# largest message (4 MiB): a merge must not make a request the backend refuses.
+MERGE_LIMIT_BYTES = 4 * 1024 * 1024
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -142,6 +145,11 @@ class Intake:
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier
         if stats.records:
+            if released is not None and len(forward) + len(released.payload) <= MERGE_LIMIT_BYTES:
+                # Two serialized requests end to end are one request with both's resource_logs: one
+                # export call instead of two (with held records, nearly every request releases some).
+                await self._put(Batch(forward + released.payload, stats.records + released.records))
+                return stats
             await self._put(Batch(forward, stats.records))
         if released is not None:
             await self._put(released)

@@ -5,6 +5,9 @@ Time is passed in, so nothing here sleeps.
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -14,7 +17,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from processor.classify import Verdict
 from processor.correlation import TraceMemory
 
+from processor import intake
 from processor.config import Config
+from processor.metrics import Metrics
+from processor.queue import BoundedQueue
 from processor.redact import Redactor
 from processor.service import build_pipeline
 
@@ -184,6 +190,25 @@ class TestEvidenceTiming:
         released, stats = p.release_all(now=0.1)
         assert len(records(released)) == 5 and stats.records == 5
         assert len(p.holding) == 0 and p.holding.bytes == 0
+
+
+@pytest.mark.parametrize("merge_limit", [intake.MERGE_LIMIT_BYTES, 1])
+def test_released_records_join_the_request_that_freed_them(monkeypatch, merge_limit: int) -> None:
+    """The intake queues a request and the held records its evidence freed as one export request,
+    unless together they would pass the merge limit: then as two, nothing lost either way."""
+    monkeypatch.setattr(intake, "MERGE_LIMIT_BYTES", merge_limit)
+    queue = BoundedQueue(1 << 30)
+    accepting = intake.Intake(make(), queue, Metrics(), 1 << 30)
+    asyncio.run(accepting.accept(request(auth0_error(trace(30))).SerializeToString(), intake.PROTOBUF, "grpc"))
+    assert not queue.pending()  # held
+    asyncio.run(accepting.accept(request(access(trace(30), DATADOG)).SerializeToString(), intake.PROTOBUF, "grpc"))
+    batches = queue.pending()
+    queued = [records(ExportLogsServiceRequest.FromString(batch.payload)) for batch in batches]
+    bodies = [record.body.string_value for batch in queued for record in batch]
+    assert bodies == ["GET /dashboard", AUTH0]
+    assert [len(batch) for batch in queued] == ([2] if merge_limit > 1 else [1, 1])
+    assert [batch.records for batch in batches] == [len(batch) for batch in queued]
+    assert attributes(queued[-1][-1])["triage.rule"] == "auth0-missing-session"
 
 
 class TestBounds:

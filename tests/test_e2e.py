@@ -26,6 +26,7 @@ from .conftest import (
     export_request,
     http_post,
     log_record,
+    records_of,
     wait_for,
 )
 
@@ -350,3 +351,6 @@ def test_error_waits_for_evidence_from_a_later_request(sink: Sink, processor):
     assert kept["triage.original_severity_number"] == ERROR
     assert kept["triage.source"] == "synthetic"
     assert kept["triage.source.evidence"].startswith("same trace")
+    # The access log and the error it freed went to the backend in one export request.
+    (together,) = sink.stored()
+    assert [r.body.string_value for r in records_of(together)] == ["GET /dashboard 307", AUTH0_ERROR]
