@@ -1318,17 +1318,18 @@ done:
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* The needle automaton (Aho-Corasick, built in wire.py), checked and copied once by automaton():
- * first_needles() runs it for every new user agent of every request. A transition's bit 15 says
- * whether its target state ends a needle, so a byte costs one table load and the rank table is read
- * only there. */
+ * first_needles() runs it for every new user agent of every request. A transition names its target
+ * by where the target's row starts (state * width: no multiplication per byte) and its bit 31 says
+ * whether the target ends a needle, so a byte costs one table load and the rank table is read only
+ * there. */
 #define AUTOMATON "wire.automaton"
-#define ENDS_NEEDLE 0x8000u
+#define ENDS_NEEDLE 0x80000000u
 #define LANES 4
 
 typedef struct {
     uint8_t cls[256];         /* byte -> class (ASCII case folded; 0: a byte no needle has) */
     Py_ssize_t width;         /* classes */
-    uint16_t *next;           /* states * width transitions, ENDS_NEEDLE set where the target ends one */
+    uint32_t *next;           /* states * width transitions: the target's row, ENDS_NEEDLE where it ends one */
     int32_t *rank;            /* per state, the lowest rank among the needles ending there */
 } automaton_t;
 
@@ -1356,7 +1357,7 @@ static PyObject *wire_automaton(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "needle tables of the wrong sizes");
         goto done;
     }
-    if (states > (Py_ssize_t)ENDS_NEEDLE) {
+    if (states * width >= (Py_ssize_t)ENDS_NEEDLE) {
         PyErr_SetString(PyExc_ValueError, "more automaton states than a transition can name");
         goto done;
     }
@@ -1369,7 +1370,8 @@ static PyObject *wire_automaton(PyObject *Py_UNUSED(module), PyObject *args)
         }
     }
     a = PyMem_Calloc(1, sizeof(automaton_t));
-    if (a == NULL || (a->next = PyMem_Malloc(delta.len)) == NULL || (a->rank = PyMem_Malloc(ranks.len)) == NULL) {
+    if (a == NULL || (a->next = PyMem_Malloc(states * width * sizeof(uint32_t))) == NULL ||
+        (a->rank = PyMem_Malloc(ranks.len)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -1381,7 +1383,7 @@ static PyObject *wire_automaton(PyObject *Py_UNUSED(module), PyObject *args)
             PyErr_SetString(PyExc_ValueError, "a needle transition names no state");
             goto done;
         }
-        a->next[i] = next[i] | (rank[next[i]] != INT32_MAX ? ENDS_NEEDLE : 0);
+        a->next[i] = (uint32_t)(next[i] * width) | (rank[next[i]] != INT32_MAX ? ENDS_NEEDLE : 0);
     }
     result = PyCapsule_New(a, AUTOMATON, automaton_free);
     if (result != NULL)
@@ -1464,10 +1466,20 @@ fail:
 typedef struct {
     const uint8_t *p;  /* the text's next byte */
     Py_ssize_t left;   /* bytes still to read */
-    uint32_t state;
+    uint32_t row;      /* where its state's row starts in the table */
     int32_t best;
     Py_ssize_t value;  /* which value it is (-1: the lane is empty) */
 } lane_t;
+
+/* A lane's step ended a needle (``e``, the transition taken): the lane keeps the lowest rank. */
+static inline void lane_found(lane_t *lane, uint32_t e, const automaton_t *a)
+{
+    if (e & ENDS_NEEDLE) {
+        int32_t r = a->rank[(e & ~ENDS_NEEDLE) / a->width];
+        if (r < lane->best)
+            lane->best = r;
+    }
+}
 
 /* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
  * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is
@@ -1517,9 +1529,7 @@ static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
         }
     }
     const uint8_t *cls = a->cls;
-    const uint16_t *next = a->next;
-    const int32_t *rank = a->rank;
-    const Py_ssize_t width = a->width;
+    const uint32_t *next = a->next;
     lane_t lane[LANES];
     Py_ssize_t taken = 0;
     for (int k = 0; k < LANES; k++)
@@ -1536,7 +1546,7 @@ static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
                 lane[k].value = texts[2 * taken];
                 lane[k].p = (const uint8_t *)PyBytes_AS_STRING(value) + texts[2 * taken + 1];
                 lane[k].left = PyBytes_GET_SIZE(value) - texts[2 * taken + 1];
-                lane[k].state = 0;
+                lane[k].row = 0;
                 lane[k].best = INT32_MAX;
                 taken++;
             }
@@ -1548,28 +1558,32 @@ static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
             Py_ssize_t steps = lane[0].left;
             for (int k = 1; k < LANES; k++)
                 steps = lane[k].left < steps ? lane[k].left : steps;
-            uint32_t state[LANES];
-            const uint8_t *text[LANES];
-            for (int k = 0; k < LANES; k++) {
-                state[k] = lane[k].state;
-                text[k] = lane[k].p;
-            }
+            /* Spelled out, lanes in registers: as a loop over arrays, each state went through the
+             * stack on every byte. */
+            _Static_assert(LANES == 4, "the lanes are spelled out here");
+            uint32_t s0 = lane[0].row, s1 = lane[1].row, s2 = lane[2].row, s3 = lane[3].row;
+            const uint8_t *t0 = lane[0].p, *t1 = lane[1].p, *t2 = lane[2].p, *t3 = lane[3].p;
             for (Py_ssize_t j = 0; j < steps; j++) {
-                uint32_t e[LANES], ends = 0;
-                for (int k = 0; k < LANES; k++) {
-                    e[k] = next[state[k] * width + cls[text[k][j]]];
-                    state[k] = e[k] & ~ENDS_NEEDLE;
-                    ends |= e[k];
-                }
-                if (ends & ENDS_NEEDLE) {
-                    for (int k = 0; k < LANES; k++) {
-                        if ((e[k] & ENDS_NEEDLE) && rank[state[k]] < lane[k].best)
-                            lane[k].best = rank[state[k]];
-                    }
+                uint32_t e0 = next[s0 + cls[t0[j]]];
+                uint32_t e1 = next[s1 + cls[t1[j]]];
+                uint32_t e2 = next[s2 + cls[t2[j]]];
+                uint32_t e3 = next[s3 + cls[t3[j]]];
+                s0 = e0 & ~ENDS_NEEDLE;
+                s1 = e1 & ~ENDS_NEEDLE;
+                s2 = e2 & ~ENDS_NEEDLE;
+                s3 = e3 & ~ENDS_NEEDLE;
+                if ((e0 | e1 | e2 | e3) & ENDS_NEEDLE) {
+                    lane_found(&lane[0], e0, a);
+                    lane_found(&lane[1], e1, a);
+                    lane_found(&lane[2], e2, a);
+                    lane_found(&lane[3], e3, a);
                 }
             }
+            lane[0].row = s0;
+            lane[1].row = s1;
+            lane[2].row = s2;
+            lane[3].row = s3;
             for (int k = 0; k < LANES; k++) {
-                lane[k].state = state[k];
                 lane[k].p += steps;
                 lane[k].left -= steps;
             }
@@ -1579,12 +1593,11 @@ static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
         for (int k = 0; k < LANES; k++) {
             if (lane[k].value < 0)
                 continue;
-            uint32_t s = lane[k].state;
+            uint32_t s = lane[k].row;
             for (Py_ssize_t j = 0; j < lane[k].left; j++) {
-                uint32_t e = next[s * width + cls[lane[k].p[j]]];
+                uint32_t e = next[s + cls[lane[k].p[j]]];
                 s = e & ~ENDS_NEEDLE;
-                if ((e & ENDS_NEEDLE) && rank[s] < lane[k].best)
-                    lane[k].best = rank[s];
+                lane_found(&lane[k], e, a);
             }
             lane[k].left = 0;
         }
