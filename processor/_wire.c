@@ -26,6 +26,7 @@
 #define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -1481,41 +1482,28 @@ static inline void lane_found(lane_t *lane, uint32_t e, const automaton_t *a)
     }
 }
 
-/* Per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly one non-empty
- * ASCII string_value, the lowest rank among the needles in that string, or ``none`` if there is
- * none; -1 if it is not such a string.
+/* Into found[v], per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly
+ * one non-empty ASCII string_value, the lowest rank among the needles in that string, or ``none`` if
+ * there is none; -1 if it is not such a string. 0, or -1 with an exception set.
  *
  * A DFA step waits for the one before it (a load from a table too large for L1), so one text at a
  * time leaves the core mostly idle: LANES texts are stepped together, each lane taking the next
  * text when its own ends. */
-static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
+static int needle_ranks(PyObject *values, Py_ssize_t skip, long none, const automaton_t *a, long *found)
 {
-    PyObject *values, *capsule;
-    Py_ssize_t skip;
-    long none;
-    if (!PyArg_ParseTuple(args, "O!nlO", &PyList_Type, &values, &skip, &none, &capsule))
-        return NULL;
-    const automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
-    if (a == NULL)
-        return NULL;
-    if (skip < 0) {
-        PyErr_SetString(PyExc_ValueError, "skip must not be negative");
-        return NULL;
-    }
     Py_ssize_t n = PyList_GET_SIZE(values);
-    long *found = PyMem_Malloc((n > 0 ? n : 1) * sizeof(long));
     Py_ssize_t *texts = PyMem_Malloc((n > 0 ? n : 1) * 2 * sizeof(Py_ssize_t)); /* (value, text start) */
-    PyObject *result = NULL;
-    if (found == NULL || texts == NULL) {
+    if (texts == NULL) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
     Py_ssize_t count = 0;
     for (Py_ssize_t v = 0; v < n; v++) {
         PyObject *value = PyList_GET_ITEM(values, v);
         if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < skip) {
             PyErr_SetString(PyExc_TypeError, "values must be bytes, at least skip long");
-            goto done;
+            PyMem_Free(texts);
+            return -1;
         }
         const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value) + skip;
         Py_ssize_t size = PyBytes_GET_SIZE(value) - skip, at = 1;
@@ -1602,7 +1590,36 @@ static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
             lane[k].left = 0;
         }
     }
-    result = PyList_New(n);
+    PyMem_Free(texts);
+    return 0;
+}
+
+static const automaton_t *automaton_of(PyObject *capsule, Py_ssize_t skip)
+{
+    const automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
+    if (a != NULL && skip < 0) {
+        PyErr_SetString(PyExc_ValueError, "skip must not be negative");
+        return NULL;
+    }
+    return a;
+}
+
+/* needle_ranks() as a list. */
+static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *values, *capsule;
+    Py_ssize_t skip;
+    long none;
+    if (!PyArg_ParseTuple(args, "O!nlO", &PyList_Type, &values, &skip, &none, &capsule))
+        return NULL;
+    const automaton_t *a = automaton_of(capsule, skip);
+    if (a == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    long *found = PyMem_Malloc((n > 0 ? n : 1) * sizeof(long));
+    if (found == NULL)
+        return PyErr_NoMemory();
+    PyObject *result = needle_ranks(values, skip, none, a, found) < 0 ? NULL : PyList_New(n);
     for (Py_ssize_t v = 0; result != NULL && v < n; v++) {
         PyObject *item = PyLong_FromLong(found[v]);
         if (item == NULL)
@@ -1610,10 +1627,54 @@ static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
         else
             PyList_SET_ITEM(result, v, item);
     }
-done:
     PyMem_Free(found);
-    PyMem_Free(texts);
     return result;
+}
+
+/* Verdicts of new user agents into ``into`` (the cache): values are cache keys, a key id's byte
+ * then a serialized AnyValue; tables[id][rank] is the verdict of a user agent of that key whose
+ * lowest needle rank is ``rank``, tables[id][-1] that of one with no needle. Returns the values
+ * that are not one ASCII string, for the caller's slower path. */
+static PyObject *wire_needle_verdicts(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *values, *capsule, *tables, *into;
+    if (!PyArg_ParseTuple(args, "O!OO!O!", &PyList_Type, &values, &capsule, &PyList_Type, &tables, &PyDict_Type, &into))
+        return NULL;
+    const automaton_t *a = automaton_of(capsule, 1);
+    if (a == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    long *found = PyMem_Malloc((n > 0 ? n : 1) * sizeof(long));
+    if (found == NULL)
+        return PyErr_NoMemory();
+    PyObject *unread = NULL;
+    if (needle_ranks(values, 1, LONG_MAX, a, found) < 0 || (unread = PyList_New(0)) == NULL)
+        goto fail;
+    for (Py_ssize_t v = 0; v < n; v++) {
+        PyObject *value = PyList_GET_ITEM(values, v); /* bytes, at least 1 long: needle_ranks checked */
+        if (found[v] < 0) {
+            if (PyList_Append(unread, value) < 0)
+                goto fail;
+            continue;
+        }
+        uint8_t id = (uint8_t)PyBytes_AS_STRING(value)[0];
+        PyObject *table = id < PyList_GET_SIZE(tables) ? PyList_GET_ITEM(tables, id) : NULL;
+        Py_ssize_t size = table != NULL && PyList_Check(table) ? PyList_GET_SIZE(table) : 0;
+        Py_ssize_t last = size - 1; /* the no-needle verdict's place */
+        Py_ssize_t rank = found[v] == LONG_MAX ? last : found[v];
+        if (last < 0 || (found[v] != LONG_MAX && rank >= last)) {
+            PyErr_Format(PyExc_ValueError, "no verdict for key id %d, needle rank %ld", id, found[v]);
+            goto fail;
+        }
+        if (PyDict_SetItem(into, value, PyList_GET_ITEM(table, rank)) < 0)
+            goto fail;
+    }
+    PyMem_Free(found);
+    return unread;
+fail:
+    PyMem_Free(found);
+    Py_XDECREF(unread);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -1635,6 +1696,8 @@ static PyMethodDef methods[] = {
      "user_agent_verdicts(cache, records, keys) -> {record: verdict}; the keys not in cache; or None if a record has two"},
     {"automaton", wire_automaton, METH_VARARGS,
      "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for first_needles"},
+    {"needle_verdicts", wire_needle_verdicts, METH_VARARGS,
+     "needle_verdicts(values, automaton, tables, into) -> values not read: verdicts of new user agents into the cache"},
     {"first_needles", wire_first_needles, METH_VARARGS,
      "first_needles(values, skip, none, automaton) -> list: per AnyValue, the lowest rank of a needle "
      "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import getitem, itemgetter, lt
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
@@ -76,8 +74,7 @@ class EvidenceReader:
             else None
         )
         # Per key id, by rank: the verdict of a user agent whose first needle has that rank; then a
-        # browser's (the marker's rank), then None (no needle at all).
-        self._nothing = len(order) + 1
+        # browser's (the marker's rank), then None (no needle at all; the last, as verdicts() reads it).
         self._by_needle = [
             [classifier.user_agent_found(name, b"", frozenset((needle,))) for needle in order]
             + [classifier.user_agent_found(name, BROWSER_MARKER, frozenset()), None]
@@ -173,13 +170,12 @@ class EvidenceReader:
         """
         cache = self._user_agents
         found = wire.user_agent_verdicts(cache, records, keys)
-        if isinstance(found, list):  # not in the cache: classified, then looked up again
-            new = list(dict.fromkeys(found))
-            if len(cache) + len(new) > self._cache_size:
+        if isinstance(found, list):  # not in the cache: classified into it, then looked up again
+            if len(cache) + len(found) > self._cache_size:
                 # Bounded: a flood of unique user agents starts the cache over rather than tracking age.
                 cache.clear()
-                new = list(dict.fromkeys(keys))
-            cache.update(self._classify_user_agents(new))
+                found = list(dict.fromkeys(keys))
+            self._classify_user_agents(found, cache)
             found = wire.user_agent_verdicts(cache, records, keys)
         if found is not None:
             return found
@@ -190,16 +186,12 @@ class EvidenceReader:
                 own[record] = verdict
         return own
 
-    def _classify_user_agents(self, keys: list[bytes]) -> dict[bytes, Verdict | None]:
-        """Verdicts for cache keys: plain ASCII strings from one automaton pass each (in C), then
-        table lookups; the rest (an array of values, non-ASCII text) as for a decoded record."""
-        if self._needles is None:
-            return {key: self._decoded_user_agent(key) for key in keys}
-        ranks = self._needles.first(keys, 1, self._nothing)
-        verdicts = dict(zip(keys, map(getitem, map(self._by_needle.__getitem__, map(itemgetter(0), keys)), ranks)))
-        for key in compress(keys, map(lt, ranks, repeat(0))):
-            verdicts[key] = self._decoded_user_agent(key)
-        return verdicts
+    def _classify_user_agents(self, keys: list[bytes], into: dict[bytes, Verdict | None]) -> None:
+        """Verdicts for cache keys, into ``into``: plain ASCII strings from one automaton pass each
+        and a table lookup (in C); the rest (an array of values, non-ASCII text) as for a decoded record."""
+        unread = keys if self._needles is None else self._needles.verdicts(keys, self._by_needle, into)
+        for key in unread:
+            into[key] = self._decoded_user_agent(key)
 
     def _decoded_user_agent(self, key: bytes) -> Verdict | None:
         return self.classifier.evidence(self._names[key[0]], AnyValue.FromString(key[1:]))

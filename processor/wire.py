@@ -246,5 +246,11 @@ class FirstNeedle:
         -1 if it is not such a string."""
         return _wire.first_needles(values, skip, none, self._automaton)
 
+    def verdicts(self, values: list[bytes], tables: list[list], into: dict) -> list[bytes]:
+        """For values that are a key id's byte then a serialized AnyValue of one ASCII string:
+        ``into[value] = tables[id][rank]``, ``rank`` the lowest among the needles in the string,
+        ``tables[id][-1]`` if none is. Returns the other values (not one ASCII string)."""
+        return _wire.needle_verdicts(values, self._automaton, tables, into)
+
 
 _NO_RANK = 2**31 - 1

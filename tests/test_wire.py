@@ -131,7 +131,9 @@ def test_user_agent_from_needles_is_the_regex_decision(user_agent: str, upper: l
     mixed = "".join(c.upper() if upper[i % len(upper)] else c.lower() for i, c in enumerate(user_agent))
     evidence = PIPELINES["default"].evidence
     cache_key = bytes((evidence._names.index(key),)) + AnyValue(string_value=mixed).SerializeToString()
-    assert evidence._classify_user_agents([cache_key])[cache_key] is evidence.classifier._user_agent(key, mixed)
+    into: dict = {}
+    evidence._classify_user_agents([cache_key], into)
+    assert into[cache_key] is evidence.classifier._user_agent(key, mixed)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -141,7 +143,8 @@ def test_a_batch_of_user_agents_is_classified_as_one_by_one(name: str) -> None:
     agents = [a for base in gen.USER_AGENTS for a in (base, base.upper(), f"{base} x/{len(base)}", "x" + base[3:])]
     agents += ["", "mozilla/", "MOZILLA/5.0", "été Mozilla/5.0", "curl", "bot"]
     keys = [bytes((evidence._names.index("user_agent.original"),)) + AnyValue(string_value=a).SerializeToString() for a in agents]
-    found = evidence._classify_user_agents(keys)
+    found: dict = {}
+    evidence._classify_user_agents(keys, found)
     for agent, key in zip(agents, keys):
         assert found[key] is evidence.classifier.evidence("user_agent.original", AnyValue(string_value=agent)), agent
 
@@ -196,8 +199,9 @@ def test_a_user_agent_of_every_length_is_read(length: int) -> None:
     assert found.ua_keys == [bytes((evidence._names.index("user_agent.original"),)) + kv.value.SerializeToString()]
     assert _own(pipeline, _request(record)) == evidence.decoded(record)
     assert _own(pipeline, _request(record))[0].source == "synthetic"
-    rank = evidence._needles.first([b"\x00" + kv.value.SerializeToString()], 1, evidence._nothing)[0]
-    assert 0 <= rank < evidence._nothing - 1  # a signature needle's, not the browser marker's
+    signatures = len(evidence.classifier.ua_needle_order)  # the browser marker's rank comes after them
+    rank = evidence._needles.first([b"\x00" + kv.value.SerializeToString()], 1, signatures + 1)[0]
+    assert 0 <= rank < signatures  # a signature needle's, not the browser marker's
 
 
 def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
@@ -215,6 +219,22 @@ def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
     assert needles.first([v.SerializeToString() for v in values], 0, 9) == [1, 0, 2, 9, -1, -1, -1, -1]
     with pytest.raises(TypeError):
         needles.first(["text"], 0, 9)
+
+
+def test_needle_verdicts_refuse_a_table_without_the_rank() -> None:
+    needles = FirstNeedle([b"curl/", b"bot"], [0, 1])
+    curl = b"\x01" + AnyValue(string_value="curl/8.4.0").SerializeToString()
+    plain = b"\x01" + AnyValue(string_value="wget").SerializeToString()
+    into: dict = {}
+    for tables in ([[]], [[], []], [[], ["none"]]):  # no table for key 1; an empty one; none for rank 0
+        with pytest.raises(ValueError):
+            needles.verdicts([curl], tables, into)
+    assert needles.verdicts([plain, b"\x01" + AnyValue(int_value=3).SerializeToString()], [[], ["none"]], into) == [
+        b"\x01" + AnyValue(int_value=3).SerializeToString()
+    ]
+    assert into == {plain: "none"}
+    with pytest.raises(TypeError):
+        needles.verdicts([b""], [], into)  # not even a key id
 
 
 def test_the_needle_automaton_finds_overlapping_needles() -> None:
@@ -246,6 +266,17 @@ def test_the_needle_automaton_agrees_with_a_plain_search(needles: list[str], tex
 
     assert automaton.first(values, 0, 99) == [expected(t) for t in texts]
     assert automaton.first([b"\x07" + v for v in values], 1, 99) == [expected(t) for t in texts]
+    # The same search, each rank's verdict taken from key 1's table (its last entry: no needle).
+    tables = [[], [("verdict", rank) for rank in range(len(needles))] + ["none"]]
+    keys = [b"\x01" + v for v in values]
+    into: dict = {}
+    unread = automaton.verdicts(keys, tables, into)
+    assert unread == [key for key, text in zip(keys, texts) if expected(text) == -1]
+    assert into == {
+        key: "none" if expected(text) == 99 else ("verdict", expected(text))
+        for key, text in zip(keys, texts)
+        if expected(text) != -1
+    }
 
 
 def test_user_agent_verdicts_from_the_cache_in_one_pass() -> None:
