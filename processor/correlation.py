@@ -141,7 +141,7 @@ class TraceMemory:
         return before - len(self.inherited)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class HeldGroup:
     """The ResourceLogs and ScopeLogs held records came in, serialized without their children."""
 
@@ -150,7 +150,7 @@ class HeldGroup:
     resource: bytes  # the resource's own bytes, for the redactor
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Held:
     """A record waiting for its trace's evidence: its bytes as they came, and what its release needs."""
 
@@ -200,18 +200,21 @@ class Holding:
     def take_expired(self, now: float) -> list[Held]:
         taken = []
         queue = self._by_deadline
+        by_trace = self._by_trace
         while queue and (queue[0].released or queue[0].deadline <= now):
             held = queue.popleft()
             if held.released:
                 continue
-            trace_id = held.trace_id
-            waiting = self._by_trace.get(trace_id)
+            waiting = by_trace.get(held.trace_id)
             if waiting is not None:
-                waiting.remove(held)
-                if not waiting:
-                    del self._by_trace[trace_id]
-            self._release(held)
+                if len(waiting) == 1:  # the usual case: the trace's only held record
+                    del by_trace[held.trace_id]
+                else:
+                    waiting.remove(held)
+            held.released = True
             taken.append(held)
+        self.bytes -= sum(held.size for held in taken)
+        self.count -= len(taken)
         return taken
 
     def take_all(self) -> list[Held]:

@@ -378,11 +378,13 @@ class Pipeline:
         stats = Stats()
         redactions: dict[str, int] = {}
         redactor = self.redactor
-        memory = self.memory
+        known: dict[bytes, Verdict] = {}  # trace -> its inherited verdict (what recall() answers, inherited)
+        if self.memory is not None:
+            self.memory.expire(now)
+            known = self.memory.inherited
         groups: dict[int, tuple[HeldGroup, list[bytes]]] = {}  # id(group) -> (group, its records' bytes)
         for held in released:
-            known = memory.recall(held.trace_id, now) if memory is not None else None
-            verdict = known.inherited() if known is not None else UNKNOWN
+            verdict = known.get(held.trace_id, UNKNOWN)
             record = self._decide_wire(held.severity, held.record, verdict, held.has_synthetic_type, held.rule, stats)
             if held.secret:
                 record = redactor.redact_record_bytes(record, redactions)
