@@ -30,6 +30,7 @@ JSON = "json"
 # Released records join the request being forwarded only while both stay under gRPC's default
 # largest message (4 MiB): a merge must not make a request the backend refuses.
 MERGE_LIMIT_BYTES = 4 * 1024 * 1024
+RETRY_QUEUE_S = 1.0  # released records that the queue could not take are offered again after this
 
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
@@ -145,14 +146,24 @@ class Intake:
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier
         if stats.records:
-            if released is not None and len(forward) + len(released.payload) <= MERGE_LIMIT_BYTES:
-                # Two serialized requests end to end are one request with both's resource_logs: one
-                # export call instead of two (with held records, nearly every request releases some).
-                await self._put(Batch(forward + released.payload, stats.records + released.records))
+            # Two serialized requests end to end are one request with both's resource_logs: one
+            # export call instead of two (with held records, nearly every request releases some).
+            merged = released is not None and len(forward) + len(released.payload) <= MERGE_LIMIT_BYTES
+            try:
+                if merged:
+                    await self._put(Batch(forward + released.payload, stats.records + released.records))
+                else:
+                    await self._put(Batch(forward, stats.records))
+            except Rejected:
+                # This request is refused (its sender retries it), but the released records were
+                # acknowledged when they came: they still go.
+                if released is not None:
+                    await self._queue_acknowledged(released)
+                raise
+            if merged:
                 return stats
-            await self._put(Batch(forward, stats.records))
         if released is not None:
-            await self._put(released)
+            await self._queue_acknowledged(released)
         return stats
 
     def admit(self, size: int) -> None:
@@ -187,14 +198,19 @@ class Intake:
     async def release(self, now: float, everything: bool = False) -> None:
         """Queue the held records that are ready (evidence came, window passed), or all of them."""
         batch = self._ready(now, everything)
-        while batch is not None:
-            # Already acknowledged: these records cannot be refused, so a failed write is retried.
+        if batch is not None:
+            await self._queue_acknowledged(batch)
+
+    async def _queue_acknowledged(self, batch: Batch) -> None:
+        """Queue released records: acknowledged long ago, they cannot be refused, so a failed write
+        (the persistent queue's disk) is retried until it succeeds."""
+        while True:
             try:
                 await self.queue.put(batch)
                 return
             except OSError as e:
-                log.error("cannot queue %d released records, retrying in 1s: %s", batch.records, e)
-                await asyncio.sleep(1.0)
+                log.error("cannot queue %d released records, retrying in %gs: %s", batch.records, RETRY_QUEUE_S, e)
+                await asyncio.sleep(RETRY_QUEUE_S)
 
     def refused(self, transport: str, rejected: Rejected) -> None:
         """Count a refusal, whichever stage (receiver or intake) raised it."""

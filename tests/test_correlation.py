@@ -21,6 +21,7 @@ from processor import intake
 from processor.config import Config
 from processor.metrics import Metrics
 from processor.queue import BoundedQueue
+from processor.status import Rejected
 from processor.redact import Redactor
 from processor.service import build_pipeline
 
@@ -209,6 +210,34 @@ def test_released_records_join_the_request_that_freed_them(monkeypatch, merge_li
     assert [len(batch) for batch in queued] == ([2] if merge_limit > 1 else [1, 1])
     assert [batch.records for batch in batches] == [len(batch) for batch in queued]
     assert attributes(queued[-1][-1])["triage.rule"] == "auth0-missing-session"
+
+
+def test_released_records_are_queued_even_when_the_request_that_freed_them_is_refused(monkeypatch) -> None:
+    """The queue fails to take the request whose evidence freed a held error: the request is refused
+    (its sender retries it), the error, acknowledged long ago, is queued on the next try."""
+    monkeypatch.setattr(intake, "RETRY_QUEUE_S", 0.0)
+
+    class FailingQueue(BoundedQueue):  # as the persistent queue fails when its disk does
+        fail_next = False
+
+        async def put(self, batch) -> None:
+            if self.fail_next:
+                self.fail_next = False
+                raise OSError("disk full")
+            await super().put(batch)
+
+    queue = FailingQueue(1 << 30)
+    accepting = intake.Intake(make(), queue, Metrics(), 1 << 30)
+    asyncio.run(accepting.accept(request(auth0_error(trace(31))).SerializeToString(), intake.PROTOBUF, "grpc"))
+    queue.fail_next = True
+    evidence = request(access(trace(31), DATADOG)).SerializeToString()
+    with pytest.raises(Rejected):
+        asyncio.run(accepting.accept(evidence, intake.PROTOBUF, "grpc"))
+    (queued,) = [records(ExportLogsServiceRequest.FromString(batch.payload)) for batch in queue.pending()]
+    assert [record.body.string_value for record in queued] == [AUTH0]
+    assert attributes(queued[0])["triage.rule"] == "auth0-missing-session"
+    asyncio.run(accepting.accept(evidence, intake.PROTOBUF, "grpc"))  # the sender's retry
+    assert [len(records(ExportLogsServiceRequest.FromString(b.payload))) for b in queue.pending()] == [1, 1]
 
 
 class TestBounds:
