@@ -13,8 +13,8 @@
  *   out, and every enclosing length prefix recomputed.
  * - record_text() reads what a rule needs of a candidate record whose body is one string.
  * - may_match() looks for the downgrade rules' needles in the bytes of the records they could match.
- * - first_needles() runs the user-agent needle automaton (built in wire.py, checked once by
- *   automaton()) over new user agents.
+ * - needle_verdicts() classifies new user agents into the cache with the needle automaton (built in
+ *   wire.py, checked once by automaton()).
  *
  * assemble() sees only requests index() found valid, so a malformed buffer there is a bug: it
  * raises ValueError rather than guessing. Anything protobuf
@@ -1319,7 +1319,7 @@ done:
 /* --- user agents ------------------------------------------------------------------------------------ */
 
 /* The needle automaton (Aho-Corasick, built in wire.py), checked and copied once by automaton():
- * first_needles() runs it for every new user agent of every request. A transition names its target
+ * needle_verdicts() runs it for every new user agent of every request. A transition names its target
  * by where the target's row starts (state * width: no multiplication per byte) and its bit 31 says
  * whether the target ends a needle, so a byte costs one table load and the rank table is read only
  * there. */
@@ -1482,14 +1482,15 @@ static inline void lane_found(lane_t *lane, uint32_t e, const automaton_t *a)
     }
 }
 
-/* Into found[v], per value (after its first ``skip`` bytes, a serialized AnyValue): if it is exactly
- * one non-empty ASCII string_value, the lowest rank among the needles in that string, or ``none`` if
- * there is none; -1 if it is not such a string. 0, or -1 with an exception set.
+/* Into found[v], per value (a cache key: a key id's byte, then a serialized AnyValue): if the AnyValue
+ * is exactly one non-empty ASCII string_value, the lowest rank among the needles in that string, or
+ * NO_NEEDLE if there is none; -1 if it is not such a string. 0, or -1 with an exception set.
  *
  * A DFA step waits for the one before it (a load from a table too large for L1), so one text at a
  * time leaves the core mostly idle: LANES texts are stepped together, each lane taking the next
  * text when its own ends. */
-static int needle_ranks(PyObject *values, Py_ssize_t skip, long none, const automaton_t *a, long *found)
+#define NO_NEEDLE LONG_MAX
+static int needle_ranks(PyObject *values, const automaton_t *a, long *found)
 {
     Py_ssize_t n = PyList_GET_SIZE(values);
     Py_ssize_t *texts = PyMem_Malloc((n > 0 ? n : 1) * 2 * sizeof(Py_ssize_t)); /* (value, text start) */
@@ -1497,11 +1498,12 @@ static int needle_ranks(PyObject *values, Py_ssize_t skip, long none, const auto
         PyErr_NoMemory();
         return -1;
     }
+    const Py_ssize_t skip = 1; /* the key id */
     Py_ssize_t count = 0;
     for (Py_ssize_t v = 0; v < n; v++) {
         PyObject *value = PyList_GET_ITEM(values, v);
         if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < skip) {
-            PyErr_SetString(PyExc_TypeError, "values must be bytes, at least skip long");
+            PyErr_SetString(PyExc_TypeError, "values must be bytes: a key id, then an AnyValue");
             PyMem_Free(texts);
             return -1;
         }
@@ -1526,7 +1528,7 @@ static int needle_ranks(PyObject *values, Py_ssize_t skip, long none, const auto
         int active = 0;
         for (int k = 0; k < LANES; k++) {
             if (lane[k].value >= 0 && lane[k].left == 0) {
-                found[lane[k].value] = lane[k].best == INT32_MAX ? none : lane[k].best;
+                found[lane[k].value] = lane[k].best == INT32_MAX ? NO_NEEDLE : lane[k].best;
                 lane[k].value = -1;
             }
             if (lane[k].value < 0 && taken < count) {
@@ -1594,43 +1596,6 @@ static int needle_ranks(PyObject *values, Py_ssize_t skip, long none, const auto
     return 0;
 }
 
-static const automaton_t *automaton_of(PyObject *capsule, Py_ssize_t skip)
-{
-    const automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
-    if (a != NULL && skip < 0) {
-        PyErr_SetString(PyExc_ValueError, "skip must not be negative");
-        return NULL;
-    }
-    return a;
-}
-
-/* needle_ranks() as a list. */
-static PyObject *wire_first_needles(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *values, *capsule;
-    Py_ssize_t skip;
-    long none;
-    if (!PyArg_ParseTuple(args, "O!nlO", &PyList_Type, &values, &skip, &none, &capsule))
-        return NULL;
-    const automaton_t *a = automaton_of(capsule, skip);
-    if (a == NULL)
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    long *found = PyMem_Malloc((n > 0 ? n : 1) * sizeof(long));
-    if (found == NULL)
-        return PyErr_NoMemory();
-    PyObject *result = needle_ranks(values, skip, none, a, found) < 0 ? NULL : PyList_New(n);
-    for (Py_ssize_t v = 0; result != NULL && v < n; v++) {
-        PyObject *item = PyLong_FromLong(found[v]);
-        if (item == NULL)
-            Py_CLEAR(result);
-        else
-            PyList_SET_ITEM(result, v, item);
-    }
-    PyMem_Free(found);
-    return result;
-}
-
 /* Verdicts of new user agents into ``into`` (the cache): values are cache keys, a key id's byte
  * then a serialized AnyValue; tables[id][rank] is the verdict of a user agent of that key whose
  * lowest needle rank is ``rank``, tables[id][-1] that of one with no needle. Returns the values
@@ -1640,7 +1605,7 @@ static PyObject *wire_needle_verdicts(PyObject *Py_UNUSED(module), PyObject *arg
     PyObject *values, *capsule, *tables, *into;
     if (!PyArg_ParseTuple(args, "O!OO!O!", &PyList_Type, &values, &capsule, &PyList_Type, &tables, &PyDict_Type, &into))
         return NULL;
-    const automaton_t *a = automaton_of(capsule, 1);
+    const automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
     if (a == NULL)
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(values);
@@ -1648,7 +1613,7 @@ static PyObject *wire_needle_verdicts(PyObject *Py_UNUSED(module), PyObject *arg
     if (found == NULL)
         return PyErr_NoMemory();
     PyObject *unread = NULL;
-    if (needle_ranks(values, 1, LONG_MAX, a, found) < 0 || (unread = PyList_New(0)) == NULL)
+    if (needle_ranks(values, a, found) < 0 || (unread = PyList_New(0)) == NULL)
         goto fail;
     for (Py_ssize_t v = 0; v < n; v++) {
         PyObject *value = PyList_GET_ITEM(values, v); /* bytes, at least 1 long: needle_ranks checked */
@@ -1661,8 +1626,8 @@ static PyObject *wire_needle_verdicts(PyObject *Py_UNUSED(module), PyObject *arg
         PyObject *table = id < PyList_GET_SIZE(tables) ? PyList_GET_ITEM(tables, id) : NULL;
         Py_ssize_t size = table != NULL && PyList_Check(table) ? PyList_GET_SIZE(table) : 0;
         Py_ssize_t last = size - 1; /* the no-needle verdict's place */
-        Py_ssize_t rank = found[v] == LONG_MAX ? last : found[v];
-        if (last < 0 || (found[v] != LONG_MAX && rank >= last)) {
+        Py_ssize_t rank = found[v] == NO_NEEDLE ? last : found[v];
+        if (last < 0 || (found[v] != NO_NEEDLE && rank >= last)) {
             PyErr_Format(PyExc_ValueError, "no verdict for key id %d, needle rank %ld", id, found[v]);
             goto fail;
         }
@@ -1695,12 +1660,9 @@ static PyMethodDef methods[] = {
     {"user_agent_verdicts", wire_user_agent_verdicts, METH_VARARGS,
      "user_agent_verdicts(cache, records, keys) -> {record: verdict}; the keys not in cache; or None if a record has two"},
     {"automaton", wire_automaton, METH_VARARGS,
-     "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for first_needles"},
+     "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for needle_verdicts"},
     {"needle_verdicts", wire_needle_verdicts, METH_VARARGS,
      "needle_verdicts(values, automaton, tables, into) -> values not read: verdicts of new user agents into the cache"},
-    {"first_needles", wire_first_needles, METH_VARARGS,
-     "first_needles(values, skip, none, automaton) -> list: per AnyValue, the lowest rank of a needle "
-     "in its plain ASCII string, none if no needle is in it, -1 if it is not one"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -240,12 +240,6 @@ class FirstNeedle:
                     queue.append(child)
         self._automaton = _wire.automaton(bytes(classes), array("H", delta).tobytes(), array("i", best).tobytes(), width)
 
-    def first(self, values: list[bytes], skip: int, none: int) -> list[int]:
-        """Per value, after its first ``skip`` bytes a serialized AnyValue: if that is exactly one
-        non-empty ASCII string, the lowest rank among the needles in it, or ``none`` if no needle is;
-        -1 if it is not such a string."""
-        return _wire.first_needles(values, skip, none, self._automaton)
-
     def verdicts(self, values: list[bytes], tables: list[list], into: dict) -> list[bytes]:
         """For values that are a key id's byte then a serialized AnyValue of one ASCII string:
         ``into[value] = tables[id][rank]``, ``rank`` the lowest among the needles in the string,

@@ -200,8 +200,18 @@ def test_a_user_agent_of_every_length_is_read(length: int) -> None:
     assert _own(pipeline, _request(record)) == evidence.decoded(record)
     assert _own(pipeline, _request(record))[0].source == "synthetic"
     signatures = len(evidence.classifier.ua_needle_order)  # the browser marker's rank comes after them
-    rank = evidence._needles.first([b"\x00" + kv.value.SerializeToString()], 1, signatures + 1)[0]
+    (rank,) = _first(evidence._needles, [kv.value.SerializeToString()], signatures + 1)
     assert 0 <= rank < signatures  # a signature needle's, not the browser marker's
+
+
+def _first(needles: FirstNeedle, values: list[bytes], none: int) -> list[int]:
+    """Per serialized AnyValue: the lowest needle rank in its plain ASCII string, ``none`` if no
+    needle is in it, -1 if it is not one (``verdicts`` with every rank its own verdict)."""
+    keys = [b"\x00" + value for value in values]
+    found: dict = {}
+    unread = needles.verdicts(keys, [[*range(1000), none]], found)
+    assert all(key not in found for key in unread)
+    return [found.get(key, -1) for key in keys]
 
 
 def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
@@ -216,9 +226,9 @@ def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
         AnyValue(int_value=7),
         AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="curl/8.4.0")])),
     ]
-    assert needles.first([v.SerializeToString() for v in values], 0, 9) == [1, 0, 2, 9, -1, -1, -1, -1]
+    assert _first(needles, [v.SerializeToString() for v in values], 9) == [1, 0, 2, 9, -1, -1, -1, -1]
     with pytest.raises(TypeError):
-        needles.first(["text"], 0, 9)
+        needles.verdicts(["text"], [[9]], {})
 
 
 def test_needle_verdicts_refuse_a_table_without_the_rank() -> None:
@@ -240,7 +250,7 @@ def test_needle_verdicts_refuse_a_table_without_the_rank() -> None:
 def test_the_needle_automaton_finds_overlapping_needles() -> None:
     """A needle that is a suffix of another's prefix path (failure links), at any place."""
     needles = FirstNeedle([b"abcd", b"bc", b"cde", b"e"], [3, 2, 1, 0])
-    found = needles.first([AnyValue(string_value=t).SerializeToString() for t in ("abcd", "xabcx", "abcde", "zzz", "ABCE")], 0, 9)
+    found = _first(needles, [AnyValue(string_value=t).SerializeToString() for t in ("abcd", "xabcx", "abcde", "zzz", "ABCE")], 9)
     assert found == [2, 2, 0, 9, 0]
 
 
@@ -264,9 +274,8 @@ def test_the_needle_automaton_agrees_with_a_plain_search(needles: list[str], tex
         present = [rank for needle, rank in zip(needles, ranks) if needle.lower() in text.lower()]
         return min(present, default=99)
 
-    assert automaton.first(values, 0, 99) == [expected(t) for t in texts]
-    assert automaton.first([b"\x07" + v for v in values], 1, 99) == [expected(t) for t in texts]
-    # The same search, each rank's verdict taken from key 1's table (its last entry: no needle).
+    assert _first(automaton, values, 99) == [expected(t) for t in texts]
+    # Each rank's verdict taken from key 1's table (its last entry: no needle).
     tables = [[], [("verdict", rank) for rank in range(len(needles))] + ["none"]]
     keys = [b"\x01" + v for v in values]
     into: dict = {}
