@@ -22,7 +22,8 @@ sent; CPU and rate relative to the relay (the floor: same gRPC stack, no decode/
 p50/p99 latency at half rate; peak RSS of the server process.
 
 Usage: python tests/bench/run.py [--records N] [--quick] [--only NAME ...] [--seed S] [--json FILE]
-                                 [--profile DIR] [--soak SECONDS]   (see README.md beside this file)
+                                 [--profile DIR] [--soak SECONDS [--soak-scenario NAME]]
+                                 (see README.md beside this file)
 Exit status: 0 when every check passed (the naive pipeline's drops are reported, not checked).
 """
 
@@ -487,7 +488,13 @@ def main(argv: list[str] | None = None) -> int:
         "--soak",
         type=float,
         metavar="SECONDS",
-        help="then run otlp-triage grpc at half its rate for SECONDS on a fresh server and report its RSS over time",
+        help="then run --soak-scenario at half its rate for SECONDS on a fresh server and report its RSS over time",
+    )
+    parser.add_argument(
+        "--soak-scenario",
+        default="otlp-triage grpc",
+        metavar="NAME",
+        help='the scenario --soak runs (default: otlp-triage grpc; e.g. "otlp-triage grpc flood")',
     )
     args = parser.parse_args(argv)
     records = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
@@ -499,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in SCENARIOS if not args.only or any(o in s.name for o in args.only)]
     if not scenarios:
         parser.error(f"--only matches no scenario; scenarios: {', '.join(s.name for s in SCENARIOS)}")
+    if args.soak and not any(s.name == args.soak_scenario and s.server == TRIAGE for s in scenarios):
+        parser.error(f"--soak-scenario {args.soak_scenario!r} is not an otlp-triage scenario this run measures")
 
     started = time.monotonic()
     loads: dict[str, workload.Workload] = {}
@@ -543,10 +552,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
         results = [median_round(runs) for name, runs in by_scenario.items() if runs and name not in broken]
         soaked: list[tuple[float, int]] = []
-        grpc = next((r for r in results if r.scenario.name == "otlp-triage grpc"), None)
-        if args.soak and grpc is not None:
-            print(f"  soak: otlp-triage grpc at {LATENCY_RATE_SHARE:.0%} of {grpc.rate:,.0f} records/s for {args.soak:.0f}s", flush=True)
-            soaked = soak(grpc.scenario, loads[grpc.scenario.variant], grpc.rate, args.soak, log_dir)
+        soaking = next((r for r in results if r.scenario.name == args.soak_scenario), None)
+        if args.soak and soaking is not None:
+            print(
+                f"  soak: {soaking.scenario.name} at {LATENCY_RATE_SHARE:.0%} of {soaking.rate:,.0f} records/s "
+                f"for {args.soak:.0f}s",
+                flush=True,
+            )
+            soaked = soak(soaking.scenario, loads[soaking.scenario.variant], soaking.rate, args.soak, log_dir)
 
     print()
     print(table(results))
