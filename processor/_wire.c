@@ -59,29 +59,44 @@ static int read_varint(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, uint
     return 0;
 }
 
-static inline int next_field(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, field_t *f);
 
-/* Unknown fields may be groups (upb keeps them): skip to the matching end tag. */
+/* Unknown fields may be groups (upb keeps them): skip to the matching end tag. Inside a group upb
+ * takes any field number, 0 included. */
 static int skip_group(const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, uint32_t number, int depth)
 {
     if (depth > MAX_GROUP_DEPTH)
         return 0;
     while (*at < stop) {
-        field_t f;
-        Py_ssize_t tag_at = *at;
-        uint64_t tag;
+        uint64_t tag, value;
         if (!read_varint(buf, at, stop, &tag))
             return 0;
-        if ((tag & 7) == 4)
-            return (tag >> 3) == number;
-        if ((tag & 7) == 3) {
+        switch (tag & 7) {
+        case 0:
+            if (!read_varint(buf, at, stop, &value))
+                return 0;
+            break;
+        case 1:
+        case 5: {
+            Py_ssize_t size = (tag & 7) == 1 ? 8 : 4;
+            if (stop - *at < size)
+                return 0;
+            *at += size;
+            break;
+        }
+        case 2:
+            if (!read_varint(buf, at, stop, &value) || value > (uint64_t)(stop - *at))
+                return 0;
+            *at += (Py_ssize_t)value;
+            break;
+        case 3:
             if (!skip_group(buf, at, stop, (uint32_t)(tag >> 3), depth + 1))
                 return 0;
-            continue;
-        }
-        *at = tag_at;
-        if (!next_field(buf, at, stop, &f))
+            break;
+        case 4:
+            return (tag >> 3) == number;
+        default:
             return 0;
+        }
     }
     return 0;
 }
@@ -276,9 +291,10 @@ static inline int check_content(validation_t *v, const uint8_t *buf, const field
     return 1;
 }
 
-/* The next field of a message of ``type`` at ``depth`` (or of the group numbered ``group``), read
- * into *f, and its content checked, except that of a length-delimited field numbered ``walked``: the
- * caller walks that one itself. The end tag of ``group`` comes back as wire type 4. */
+/* The next field of a message of ``type`` at ``depth`` (or, if ``group`` > 0, of the group numbered
+ * ``group`` - 1), read into *f, and its content checked, except that of a length-delimited field
+ * numbered ``walked``: the caller walks that one itself. The group's end tag comes back as wire
+ * type 4. As upb does, a field number 0 is refused in a message but skipped inside a group. */
 static inline __attribute__((always_inline)) int next_checked(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth,
                         uint32_t walked, uint32_t group, field_t *f)
 {
@@ -314,7 +330,7 @@ static inline __attribute__((always_inline)) int next_checked(validation_t *v, c
             return (v->problem = "a field tag is malformed"), 0;
         f->number = (uint32_t)(tag >> 3);
         f->wire_type = (int)(tag & 7);
-        if (f->number == 0)
+        if (f->number == 0 && group == 0)
             return (v->problem = "a field has number 0"), 0;
         switch (f->wire_type) {
         case 0:
@@ -337,11 +353,11 @@ static inline __attribute__((always_inline)) int next_checked(validation_t *v, c
             f->end = *at;
             break;
         case 3: /* a group (only ever unknown here): its fields up to its end tag */
-            if (!validate_fields(v, buf, at, stop, -1, depth + 1, f->number))
+            if (!validate_fields(v, buf, at, stop, -1, depth + 1, f->number + 1))
                 return 0;
             break;
         case 4:
-            if (group != 0 && f->number == group)
+            if (group != 0 && f->number + 1 == group)
                 break;
             return (v->problem = "an end-group tag matches no group"), 0;
         default:
@@ -355,8 +371,8 @@ static inline __attribute__((always_inline)) int next_checked(validation_t *v, c
     return 1;
 }
 
-/* The fields of a message of ``type`` up to ``stop`` (group == 0), or of the group ``group`` up to and
- * including its end tag; *at is left after them. */
+/* The fields of a message of ``type`` up to ``stop`` (group == 0), or of the group numbered ``group`` - 1
+ * up to and including its end tag; *at is left after them. */
 static int validate_fields(validation_t *v, const uint8_t *buf, Py_ssize_t *at, Py_ssize_t stop, Py_ssize_t type, int depth, uint32_t group)
 {
     if (depth > MAX_DEPTH)

@@ -585,6 +585,16 @@ def _in_record(content: bytes) -> bytes:
         _field(1, _field(2, _field(2, _tag(7, 6)))),  # wire type 6
         _field(1, _field(2, _field(2, _tag(101, 3) + _tag(102, 4)))),  # a group ended by another number
         _field(1, _field(2, _field(2, _tag(101, 3)))),  # a group never ended
+        # Field number 0: refused in a message, skipped inside a group (as upb does), any wire type.
+        _tag(0, 3) + _tag(0, 4),
+        _tag(1, 3) + b"\x00\x00" + _tag(1, 4),
+        _tag(1, 3) + _tag(0, 2) + b"\x02\xff\xfe" + _tag(1, 4),
+        _tag(1, 3) + _tag(0, 5) + b"abcd" + _tag(0, 1) + b"12345678" + _tag(1, 4),
+        _tag(1, 3) + _tag(0, 3) + b"\x00\x00" + _tag(0, 4) + _tag(1, 4),
+        _tag(1, 3) + _tag(0, 3) + _tag(2, 4) + _tag(1, 4),  # group 0 ended by another number
+        _tag(1, 3) + _tag(0, 4),  # an end tag 0 in group 1
+        _in_record(_tag(101, 3) + b"\x00\x00" + _tag(101, 4)),
+        _in_record(b"\x00\x00"),
         _nested(48),  # nested 100 deep below the request: the most upb decodes
         _nested(48, _group(1)),  # groups count too
         _nested(47, _group(2)),
@@ -623,6 +633,7 @@ def test_validation_agrees_with_upb(payload: bytes) -> None:
         _in_record(_group(96)),  # a record's unknown group, as deep as upb takes it
         _field(1, _field(2, _group(97) + _field(2, b""))),  # in a ScopeLogs, cut off a held record's skeleton
         _field(1, _group(98) + _field(2, _field(2, b""))),  # in a ResourceLogs, likewise
+        _in_record(_tag(101, 3) + _tag(0, 0) + b"\x00" + _tag(0, 3) + _tag(0, 2) + b"\x00" + _tag(0, 4) + _tag(101, 4)),
     ],
 )
 def test_deeply_nested_unknown_groups_are_walked_and_kept(payload: bytes) -> None:
