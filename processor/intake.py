@@ -146,22 +146,22 @@ class Intake:
         self.metrics.processed(stats)
         released = self._ready(now)  # this request's evidence may have freed records held earlier
         if stats.records:
+            batch = Batch(forward, stats.records)
             # Two serialized requests end to end are one request with both's resource_logs: one
             # export call instead of two (with held records, nearly every request releases some).
-            merged = released is not None and len(forward) + len(released.payload) <= MERGE_LIMIT_BYTES
+            together = released is not None and len(forward) + len(released.payload) <= MERGE_LIMIT_BYTES
+            if together:
+                batch = Batch(forward + released.payload, stats.records + released.records)
             try:
-                if merged:
-                    await self._put(Batch(forward + released.payload, stats.records + released.records))
-                else:
-                    await self._put(Batch(forward, stats.records))
+                await self._put(batch)
             except Rejected:
                 # This request is refused (its sender retries it), but the released records were
                 # acknowledged when they came: they still go.
                 if released is not None:
                     await self._queue_acknowledged(released)
                 raise
-            if merged:
-                return stats
+            if together:
+                released = None  # gone with the request
         if released is not None:
             await self._queue_acknowledged(released)
         return stats
