@@ -15,6 +15,8 @@
  * - may_match() looks for the downgrade rules' needles in the bytes of the records they could match.
  * - needle_verdicts() classifies new user agents into the cache with the needle automaton (built in
  *   wire.py, checked once by automaton()).
+ * - resolve() gives each record its own verdict or its trace's, from the trace memory's table
+ *   (TraceTable, in _trace_table.c: built into this module).
  *
  * assemble() sees only requests index() found valid, so a malformed buffer there is a bug: it
  * raises ValueError rather than guessing. Anything protobuf
@@ -29,6 +31,8 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_trace_table.h"
 
 #define MAX_KEYS 250          /* key ids fit in one byte (the user-agent cache key's prefix) */
 #define MASKED_KEYS 64        /* the first keys are found through bit masks, the rest one by one */
@@ -1052,8 +1056,8 @@ done:
 
 /* --- verdicts --------------------------------------------------------------------------------------- */
 
-/* Per record: its own verdict (``own``: record index -> verdict), else its trace's (``inherited``:
- * trace id -> verdict), else ``fallback``; returns each record's enrichment (the verdict's
+/* Per record: its own verdict (``own``: record index -> verdict), else its trace's (``inherited``: a
+ * TraceTable, trace id -> verdict), else ``fallback``; returns each record's enrichment (the verdict's
  * ``wire_typed`` bytes) and how many records each verdict decided. A request has a handful of
  * distinct verdicts: their bytes and counts are kept in a small table, not looked up per record. */
 #define RESOLVE_TABLE 16
@@ -1061,8 +1065,12 @@ done:
 static PyObject *wire_resolve(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *trace_ids, *own, *inherited, *fallback;
-    if (!PyArg_ParseTuple(args, "O!O!O!O", &PyList_Type, &trace_ids, &PyDict_Type, &own, &PyDict_Type, &inherited, &fallback))
+    if (!PyArg_ParseTuple(args, "O!O!OO", &PyList_Type, &trace_ids, &PyDict_Type, &own, &inherited, &fallback))
         return NULL;
+    if (!trace_table_check(inherited)) {
+        PyErr_SetString(PyExc_TypeError, "resolve: inherited must be a TraceTable");
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(trace_ids);
     PyObject **mine = PyMem_Calloc(n ? (size_t)n : 1, sizeof *mine); /* borrowed from own */
     PyObject *forward = PyList_New(n), *counts = PyDict_New(), *result = NULL;
@@ -1088,13 +1096,9 @@ static PyObject *wire_resolve(PyObject *Py_UNUSED(module), PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *verdict = mine[i];
         if (verdict == NULL) {
-            PyObject *trace_id = PyList_GET_ITEM(trace_ids, i);
-            verdict = PyBytes_GET_SIZE(trace_id) ? PyDict_GetItemWithError(inherited, trace_id) : NULL;
-            if (verdict == NULL) {
-                if (PyErr_Occurred())
-                    goto done;
+            verdict = trace_table_get(inherited, PyList_GET_ITEM(trace_ids, i));
+            if (verdict == NULL)
                 verdict = fallback;
-            }
         }
         Py_ssize_t t = 0;
         while (t < distinct && seen[t] != verdict)
@@ -1142,28 +1146,6 @@ done:
     Py_XDECREF(forward);
     Py_XDECREF(counts);
     return result;
-}
-
-/* Inserts trace_ids[i] -> values[i] for each trace not in ``memory`` yet (one probe each) and returns
- * the positions of those that were (or that came twice): the caller merges those in order. */
-static PyObject *wire_learn_new(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *memory, *trace_ids, *values;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &memory, &PyList_Type, &trace_ids, &PyList_Type, &values))
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(trace_ids);
-    if (PyList_GET_SIZE(values) != n) {
-        PyErr_SetString(PyExc_ValueError, "trace_ids and values must have the same length");
-        return NULL;
-    }
-    PyObject *known = PyList_New(0);
-    for (Py_ssize_t i = 0; known != NULL && i < n; i++) {
-        Py_ssize_t before = PyDict_GET_SIZE(memory);
-        if (PyDict_SetDefault(memory, PyList_GET_ITEM(trace_ids, i), PyList_GET_ITEM(values, i)) == NULL ||
-            (PyDict_GET_SIZE(memory) == before && !append_new(known, PyLong_FromSsize_t(i))))
-            Py_CLEAR(known);
-    }
-    return known;
 }
 
 /* --- rule prefilter ---------------------------------------------------------------------------------- */
@@ -1666,8 +1648,6 @@ static PyMethodDef methods[] = {
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
     {"resolve", wire_resolve, METH_VARARGS,
      "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
-    {"learn_new", wire_learn_new, METH_VARARGS,
-     "learn_new(memory, trace_ids, values) -> positions of the traces memory already had (the others are added)"},
     {"may_match", wire_may_match, METH_VARARGS,
      "may_match(payload, spans, records, rules) -> the records some rule may match, by the needles in their bytes"},
     {"record_text", wire_record_text, METH_VARARGS,
@@ -1688,5 +1668,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__wire(void)
 {
-    return PyModule_Create(&module);
+    PyObject *created = PyModule_Create(&module);
+    if (created != NULL && trace_table_add_type(created) < 0)
+        Py_CLEAR(created);
+    return created;
 }

@@ -30,7 +30,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .classify import UNKNOWN, Classifier, Verdict
 from .classify.verdict import CERTAIN, string_attribute
-from .correlation import Held, HeldGroup, Holding, TraceMemory
+from .correlation import TRACE_ID_SIZE, Held, HeldGroup, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
 from .redact import Redactor
 from .evidence import EvidenceReader
@@ -262,7 +262,7 @@ class Pipeline:
             known = memory.recall(trace_id, now) if trace_id else None
             if known is not None:
                 verdict = known.inherited()
-            elif rule is not None and trace_id and self.window_s > 0:
+            elif rule is not None and len(trace_id) == TRACE_ID_SIZE and self.window_s > 0:
                 held_from.append((index, trace_id, severity_fields, wire, has_synthetic_type, rule))
                 return None
             else:

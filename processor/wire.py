@@ -8,7 +8,8 @@ else the pipeline does, and most records need only a few prepared bytes appended
   attributes whose key the classifier reads (``Index``). On the way it checks the request as upb's
   decoder would, without building messages, and raises ``Malformed`` for one upb would refuse: the
   intake's check of every protobuf body costs no pass of its own (``problem`` says the same alone).
-- ``resolve`` (C) gives each record its verdict's enrichment bytes in one pass.
+- ``resolve`` (C) gives each record its verdict's enrichment bytes in one pass, reading the
+  trace memory's table (``TraceTable``, C: trace id -> verdict, kept in learning order).
 - ``assemble`` (C) writes the request to forward: each record with its enrichment appended
   (protobuf merges a repeated field's later entries into the same message), replaced, or left
   out, and every enclosing length prefix recomputed. Everything else is copied byte for byte.
@@ -117,7 +118,10 @@ def problem(payload: bytes) -> str | None:
     return None
 
 
-def resolve(trace_ids: list[bytes], own: dict, inherited: dict, fallback) -> tuple[list[bytes], dict]:
+TraceTable = _wire.TraceTable  # TraceTable(max_traces, seed): its methods are documented in _trace_table.c
+
+
+def resolve(trace_ids: list[bytes], own: dict, inherited: TraceTable, fallback) -> tuple[list[bytes], dict]:
     """Per record (in request order): its own verdict (``own``: record -> Verdict), else its trace's
     (``inherited``: trace id -> Verdict), else ``fallback``. Returns each record's enrichment, its
     verdict's ``wire_typed`` bytes (what ``assemble`` appends), and how many records each verdict decided."""
@@ -141,12 +145,6 @@ def field(number: int, content: bytes) -> bytes:
         size >>= 7
     head.append(size)
     return bytes(head) + content
-
-
-def learn_new(memory: dict, trace_ids: list[bytes], values: list) -> list[int]:
-    """``memory[trace_ids[i]] = values[i]`` for each trace not in ``memory`` yet, one probe each;
-    returns the positions of those it already had (or that came twice), left as they were."""
-    return _wire.learn_new(memory, trace_ids, values)
 
 
 def assemble(payload: bytes, records: list, resources: dict[int, bytes] | None = None) -> bytes:

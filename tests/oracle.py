@@ -16,7 +16,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 
 from processor.classify import UNKNOWN, Verdict
 from processor.classify.verdict import CERTAIN, LIKELY
-from processor.correlation import TraceMemory
+from processor.correlation import TRACE_ID_SIZE, TraceMemory
 from processor.downgrade import Rule
 from processor.pipeline import Pipeline, Stats, _count, effective_severity
 
@@ -69,7 +69,7 @@ class ReferencePipeline(Pipeline):
             known = memory.recall(trace_id, now) if trace_id else None
             if known is not None:
                 self._decide(record, known.inherited(), has_synthetic_type, rule, stats)
-            elif rule is not None and trace_id and self.window_s > 0:
+            elif rule is not None and len(trace_id) == TRACE_ID_SIZE and self.window_s > 0:
                 held_from.setdefault(id(scope_logs), (resource_logs, scope_logs, []))[2].append(
                     (record, index, has_synthetic_type, rule)
                 )

@@ -240,6 +240,23 @@ def test_released_records_are_queued_even_when_the_request_that_freed_them_is_re
     assert [len(records(ExportLogsServiceRequest.FromString(b.payload))) for b in queue.pending()] == [1, 1]
 
 
+class TestTraceIdsNotOtlps:
+    @pytest.mark.parametrize("trace_id", [b"12345678", b"x" * 17])
+    def test_a_trace_id_not_16_bytes_correlates_nothing(self, trace_id: bytes) -> None:
+        """OTLP trace ids are 16 bytes (the Collector refuses others). Another length is remembered
+        by no one: its error inherits nothing, in the same request or a later one, and is not held
+        for evidence that could never free it."""
+        p = make()
+        same = request(access(trace_id, DATADOG), auth0_error(trace_id))
+        stats = p.process(same, now=0.0)
+        assert stats.held == 0 and stats.downgraded == {} and len(p.memory) == 0
+        access_log, error = map(attributes, records(same))
+        assert access_log["triage.source"] == "synthetic"
+        assert error["triage.source"] == "unknown" and records(same)[1].severity_number == 17
+        stats = p.process(request(auth0_error(trace_id)), now=0.5)
+        assert stats.held == 0 and stats.downgraded == {}
+
+
 class TestBounds:
     def test_ttl(self) -> None:
         """A trace's verdict is forgotten after the TTL."""

@@ -435,24 +435,21 @@ class _Verdict:
 def test_resolve_gives_own_else_trace_else_fallback(distinct: int) -> None:
     fallback = _Verdict("unknown")
     verdicts = [_Verdict(f"v{n}") for n in range(distinct)]
-    trace_ids = [b"", b"t1", b"t2", b"t1", b"t3"] + [b"own-%d" % n for n in range(distinct)]
-    inherited = {b"t1": verdicts[0], b"t2": verdicts[1], b"": verdicts[2]}  # an empty trace id inherits nothing
-    own = {3: verdicts[2]} | {5 + n: v for n, v in enumerate(verdicts)}
+    t1, t2, t3 = b"1" * 16, b"2" * 16, b"3" * 16
+    trace_ids = [b"", t1, t2, t1, t3, b"short"] + [b"own-%d" % n for n in range(distinct)]
+    inherited = wire.TraceTable(100, bytes(16))
+    for trace_id, verdict in [(t1, verdicts[0]), (t2, verdicts[1]), (b"", verdicts[2]), (b"short", verdicts[2])]:
+        inherited.set(trace_id, verdict, 1.0)  # only 16-byte trace ids are kept
+    own = {3: verdicts[2]} | {6 + n: v for n, v in enumerate(verdicts)}
     forward, counts = wire.resolve(trace_ids, own, inherited, fallback)
-    expected = [own.get(i) or (inherited.get(t) if t else None) or fallback for i, t in enumerate(trace_ids)]
+    expected = [own.get(i) or inherited.get(t) or fallback for i, t in enumerate(trace_ids)]
+    assert expected[:6] == [fallback, verdicts[0], verdicts[1], verdicts[2], fallback, fallback]
     assert forward == [v.wire_typed for v in expected]
     assert counts == {v: expected.count(v) for v in set(expected)}
     with pytest.raises(IndexError):
         wire.resolve(trace_ids, {len(trace_ids): fallback}, inherited, fallback)
-
-
-def test_learn_new_adds_new_traces_and_names_the_rest() -> None:
-    """A trace already there is named even when it comes with the same value (its age must be renewed)."""
-    same, other = object(), object()
-    memory = {b"old": same}
-    known = wire.learn_new(memory, [b"a", b"old", b"b", b"a"], [other, same, same, same])
-    assert known == [1, 3]  # already there; and taught twice
-    assert memory == {b"old": same, b"a": other, b"b": same}  # the first of a pair wins; the caller merges
+    with pytest.raises(TypeError, match="TraceTable"):
+        wire.resolve(trace_ids, own, {}, fallback)
 
 
 def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:

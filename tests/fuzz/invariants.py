@@ -38,6 +38,7 @@ from processor.classify.verdict import (
     SYNTHETIC_TYPE,
 )
 from processor.config import SOURCES, Config
+from processor.correlation import TRACE_ID_SIZE
 from processor.intake import JSON, PROTOBUF, Intake, decompress
 from processor.pipeline import (
     DEBUG_SEVERITY_NUMBER,
@@ -360,14 +361,15 @@ def check_processed(
 
 
 def _user_traces(pipeline: Pipeline, request: ExportLogsServiceRequest) -> set[bytes]:
-    """Traces with a record whose own (or resource) evidence says ``user``."""
+    """Traces with a record whose own (or resource) evidence says ``user``. Only OTLP's 16-byte trace
+    ids correlate records: another length is no trace."""
     classifier = pipeline.classifier
     traces = set()
     for resource_logs in request.resource_logs:
         resource_verdict = classifier.attributes(resource_logs.resource.attributes)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                if record.trace_id and not _has_key(record, SOURCE):
+                if len(record.trace_id) == TRACE_ID_SIZE and not _has_key(record, SOURCE):
                     verdict = classifier.attributes(record.attributes) or resource_verdict
                     if verdict is not None and verdict.source == "user":
                         traces.add(record.trace_id)
@@ -385,9 +387,9 @@ def _check_trace_user(pipeline, original, output, resource_verdict, user_traces)
 
 
 def _check_holdable(pipeline: Pipeline, held: _Held) -> None:
-    """Only a rule candidate with a trace id and no evidence of its own is ever held."""
+    """Only a rule candidate with a (16-byte) trace id and no evidence of its own is ever held."""
     record = held.record
-    assert record.trace_id, "held a record without a trace id"
+    assert len(record.trace_id) == TRACE_ID_SIZE, "held a record without a trace id"
     assert not _has_key(record, SOURCE), "held a record that was already triaged"
     assert pipeline.rules.match(record, effective_severity(record)) is not None, (
         "held a record no rule matches"
