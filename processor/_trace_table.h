@@ -14,4 +14,7 @@ int trace_table_check(PyObject *obj);
  * 16-byte bytes object, or the table does not hold it. Never raises. */
 PyObject *trace_table_get(PyObject *table, PyObject *trace_id);
 
+/* Asks for the cache line trace_id's lookup will read (a pass over many looks a few ahead). */
+void trace_table_prefetch(PyObject *table, PyObject *trace_id);
+
 #endif

@@ -1061,6 +1061,7 @@ done:
  * ``wire_typed`` bytes) and how many records each verdict decided. A request has a handful of
  * distinct verdicts: their bytes and counts are kept in a small table, not looked up per record. */
 #define RESOLVE_TABLE 16
+#define RESOLVE_AHEAD 8 /* records: a trace's slot is asked for this far ahead, so lookups' misses overlap */
 
 static PyObject *wire_resolve(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -1095,6 +1096,8 @@ static PyObject *wire_resolve(PyObject *Py_UNUSED(module), PyObject *args)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *verdict = mine[i];
+        if (i + RESOLVE_AHEAD < n && mine[i + RESOLVE_AHEAD] == NULL)
+            trace_table_prefetch(inherited, PyList_GET_ITEM(trace_ids, i + RESOLVE_AHEAD));
         if (verdict == NULL) {
             verdict = trace_table_get(inherited, PyList_GET_ITEM(trace_ids, i));
             if (verdict == NULL)
