@@ -10,7 +10,8 @@
  * The order is a ring of learnings (trace id, when it expires), oldest first. A slot keeps the
  * expiry of its latest learning; an older learning of the same trace no longer matches it and is
  * dropped without effect when it expires or is evicted, so a trace lives until its latest learning
- * goes. Learning a trace again at the same instant adds no learning.
+ * goes. Learning a trace again at the same instant adds no learning, and superseded learnings are
+ * dropped early when they fill the ring: it stays about as large as the table.
  *
  * Only 16-byte trace ids are kept (OTLP's length; the Collector refuses any other). A record with
  * another trace id inherits nothing: the side that never downgrades. Values are verdicts, which
@@ -144,8 +145,26 @@ static void remove_slot(Table *t, slot_t *s)
     Py_DECREF(value); /* last: the table is whole again if this runs any code */
 }
 
+/* Keeps, in order, only the learnings that still decide when their trace goes (their slot's expiry):
+ * the others would be dropped without effect when their turn came. */
+static void compact_order(Table *t)
+{
+    size_t kept = 0;
+    for (size_t n = 0; n < t->order_count; n++) {
+        learning_t learning = t->order[(t->order_first + n) & t->order_mask];
+        const slot_t *s = find(t, learning.key);
+        if (s->value != NULL && s->until == learning.until)
+            t->order[(t->order_first + kept++) & t->order_mask] = learning;
+    }
+    t->order_count = kept;
+}
+
 static int push_learning(Table *t, trace_key key, double until)
 {
+    /* Full, and mostly of learnings later ones superseded (traces learned again and again): those
+     * go, rather than the ring growing with every renewal for a whole TTL. */
+    if (t->order_count == t->order_mask + 1 && t->order_count > 2 * (size_t)t->count)
+        compact_order(t);
     if (t->order_count == t->order_mask + 1) { /* full: twice as large, oldest first at 0 */
         size_t size = t->order_count * 2;
         learning_t *order = PyMem_Malloc(size * sizeof *order);
@@ -378,6 +397,8 @@ static PyMethodDef table_methods[] = {
 static PyMemberDef table_members[] = {
     {"max_traces", T_PYSSIZET, offsetof(Table, max_traces), READONLY, "at most this many after evict()"},
     {"evicted", T_PYSSIZET, offsetof(Table, evicted), READONLY, "traces evict() forgot so far"},
+    {"learnings", T_PYSSIZET, offsetof(Table, order_count), READONLY,
+     "learnings kept in order (at most about twice the traces, or the ring's first size)"},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -164,3 +164,26 @@ def test_refuses_a_bad_seed_or_bound() -> None:
         wire.TraceTable(10, b"short")
     with pytest.raises(ValueError, match="max_traces >= 1"):
         wire.TraceTable(0, ZERO_SEED)
+
+
+def test_traces_learned_again_and_again_keep_the_ring_small() -> None:
+    """Each renewal is a learning; superseded ones are dropped once they fill the ring, so a trace
+    renewed on every request for a whole TTL costs no memory per renewal, and expiry and
+    eviction still go by each trace's latest learning."""
+    table, model = wire.TraceTable(3, ZERO_SEED), Model(3)  # 3 of 5: eviction drops the oldest
+    crowd = [key(home) for home in range(1, 6)]
+    piled = 0  # the most learnings a ring that kept every one until its turn would have held
+    for n in range(10_000):
+        for trace_id in (crowd[0], crowd[1 + n % 4]):  # one renewed every step, four in turn
+            table.set(trace_id, n, float(n))
+            model.set(trace_id, n, float(n))
+        if n % 1000 == 999:  # now and then: meanwhile thousands of superseded learnings pile up
+            assert table.evict() == model.evict()
+        assert table.learnings <= 64  # the ring's first size: never grown
+        piled = max(piled, len(model.order))
+    assert piled > 1000
+    _agree(table, model, crowd)
+    for now in (9_997.0, 9_998.0, 9_999.0):
+        assert table.expire(now) == model.expire(now)
+        _agree(table, model, crowd)
+    assert len(table) == 0 and table.learnings == 0
