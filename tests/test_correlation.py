@@ -15,7 +15,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from processor.classify import Verdict
-from processor.correlation import TraceMemory
+from processor.correlation import Held, HeldGroup, Holding, TraceMemory
 
 from processor import intake
 from processor.config import Config
@@ -238,6 +238,27 @@ def test_released_records_are_queued_even_when_the_request_that_freed_them_is_re
     assert attributes(queued[0])["triage.rule"] == "auth0-missing-session"
     asyncio.run(accepting.accept(evidence, intake.PROTOBUF, "grpc"))  # the sender's retry
     assert [len(records(ExportLogsServiceRequest.FromString(b.payload))) for b in queue.pending()] == [1, 1]
+
+
+def test_holding_finds_the_traces_still_waiting_among_a_requests() -> None:
+    """waiting_among answers exactly the traces with records still held: not one whose records
+    its evidence freed, nor one whose records' window ended."""
+    holding = Holding()
+    group = HeldGroup(b"", b"", b"")
+
+    def held(n: int, deadline: float) -> Held:
+        return Held(trace(n), b"record", group, (17, "ERROR"), None, False, False, deadline, 10)
+
+    for n, deadline in [(1, 2.0), (2, 2.0), (2, 3.0), (3, 4.0)]:
+        holding.hold(held(n, deadline))
+    asked = [trace(n) for n in range(6)]
+    assert holding.waiting_among(asked) == {trace(1), trace(2), trace(3)}
+    assert [h.trace_id for h in holding.take_trace(trace(3))] == [trace(3)]
+    assert holding.waiting_among(asked) == {trace(1), trace(2)}
+    assert [(h.trace_id, h.deadline) for h in holding.take_expired(2.0)] == [(trace(1), 2.0), (trace(2), 2.0)]
+    assert holding.waiting_among(asked) == {trace(2)}  # its second record waits until 3.0
+    assert len(holding.take_expired(3.0)) == 1
+    assert holding.waiting_among(asked) == set() and len(holding) == 0
 
 
 class TestTraceIdsNotOtlps:
