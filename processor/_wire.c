@@ -38,6 +38,7 @@
 #define MASKED_KEYS 64        /* the first keys are found through bit masks, the rest one by one */
 #define MAX_HITS 32           /* more evidence attributes than this in one record: decided decoded */
 #define MAX_GROUP_DEPTH 100   /* as deep as the check lets groups nest (MAX_DEPTH) */
+#define RECENT_KEYS 64        /* user-agent keys a request's walk remembers to reuse (see index_t) */
 
 enum kind { KIND_EVIDENCE = 0, KIND_PATH = 1, KIND_USER_AGENT = 2, KIND_ODD = 3 };
 
@@ -426,7 +427,28 @@ typedef struct {
     PyObject *resources;      /* per ResourceLogs: its resource's bytes (every occurrence, joined) */
     Py_ssize_t largest;       /* the largest record's size ... */
     Py_ssize_t most_attributes; /* ... and the most attributes one record has (for the per-record limits) */
+    /* The user-agent keys made last, by a hash of their bytes (borrowed: ua_keys holds them). A
+     * request's few hundred user agents are a handful of distinct ones: an equal key is the same
+     * object again, so the cache lookup hashes it once and finds it by identity, and its bytes are
+     * not copied again. */
+    PyObject *recent_keys[RECENT_KEYS];
 } index_t;
+
+/* Where a user-agent key (key id, AnyValue bytes) goes in recent_keys: a multiply-xor hash of all of
+ * it (user agents differ anywhere: a version in the middle). A collision only costs a copy. */
+static inline size_t recent_slot(int key, const uint8_t *p, Py_ssize_t n)
+{
+    uint64_t h = (uint64_t)n ^ ((uint64_t)key << 32), word;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&word, p + i, 8);
+        h = (h ^ word) * 0x9E3779B97F4A7C15ULL;
+    }
+    word = 0;
+    memcpy(&word, p + i, (size_t)(n - i));
+    h = (h ^ word) * 0x9E3779B97F4A7C15ULL;
+    return (size_t)(h >> 58); /* the top bits, which every byte reaches: RECENT_KEYS = 64 */
+}
 
 /* Keys are short: compared a word at a time (the last word overlapping), without a call. */
 static inline int same_bytes(const uint8_t *a, const uint8_t *b, Py_ssize_t n)
@@ -627,11 +649,18 @@ static int index_record(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ss
     for (int i = 0; i < nhits; i++) {
         Py_ssize_t n = hits[i].end - hits[i].start;
         if (w->kinds[hits[i].key] == KIND_USER_AGENT) {
-            PyObject *key = PyBytes_FromStringAndSize(NULL, n + 1);
-            if (key == NULL)
-                return 0;
-            PyBytes_AS_STRING(key)[0] = (char)hits[i].key;
-            memcpy(PyBytes_AS_STRING(key) + 1, buf + hits[i].start, (size_t)n);
+            const uint8_t *value = buf + hits[i].start;
+            PyObject **recent = &out->recent_keys[recent_slot(hits[i].key, value, n)], *key = *recent;
+            if (key != NULL && PyBytes_GET_SIZE(key) == n + 1 && (uint8_t)PyBytes_AS_STRING(key)[0] == hits[i].key &&
+                memcmp(PyBytes_AS_STRING(key) + 1, value, (size_t)n) == 0) {
+                Py_INCREF(key);
+            } else {
+                key = *recent = PyBytes_FromStringAndSize(NULL, n + 1);
+                if (key == NULL)
+                    return 0;
+                PyBytes_AS_STRING(key)[0] = (char)hits[i].key;
+                memcpy(PyBytes_AS_STRING(key) + 1, value, (size_t)n);
+            }
             if (!append_new(out->ua_records, PyLong_FromLong(record)) || !append_new(out->ua_keys, key))
                 return 0;
             continue;
@@ -804,7 +833,7 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
     }
     index_t out = {
         PyByteArray_FromStringAndSize(NULL, 0), PyList_New(0), PyList_New(0), PyList_New(0),
-        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0, 0,
+        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0, 0, {NULL},
     };
     PyObject **parts = &out.spans;
     int made = 1;

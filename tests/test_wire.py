@@ -426,6 +426,19 @@ def test_records_over_a_limit_are_named(attributes: int, body: int, rejected: se
         Limits(max_records=1).check(found, None)
 
 
+def test_index_gives_equal_user_agents_one_key_object() -> None:
+    """A request's user agents repeat: an equal one is the same bytes object again (the cache lookup
+    hashes it once), a different one its own, even one that differs only in its middle. (Two that
+    share a slot of the walk's small table only cost a copy: not the case of these.)"""
+    chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+    texts = [chrome, "curl/8.5.0", chrome, chrome.replace("Linux", "Lunix"), "curl/8.5.0", chrome, "x"]
+    payload = _request(*(_record(_kv("user_agent.original", text)) for text in texts))
+    keys = wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (), 13).ua_keys
+    assert keys == [b"\0" + AnyValue(string_value=text).SerializeToString() for text in texts]
+    for i, j in [(i, j) for i in range(len(texts)) for j in range(i)]:
+        assert (keys[i] is keys[j]) == (texts[i] == texts[j])
+
+
 class _Verdict:
     def __init__(self, name: str):
         self.wire_typed = name.encode()
