@@ -661,7 +661,11 @@ static int index_record(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ss
                 PyBytes_AS_STRING(key)[0] = (char)hits[i].key;
                 memcpy(PyBytes_AS_STRING(key) + 1, value, (size_t)n);
             }
-            if (!append_new(out->ua_records, PyLong_FromLong(record)) || !append_new(out->ua_keys, key))
+            if (!append_new(out->ua_records, PyLong_FromLong(record))) {
+                Py_DECREF(key);
+                return 0;
+            }
+            if (!append_new(out->ua_keys, key))
                 return 0;
             continue;
         }

@@ -344,7 +344,7 @@ _SOURCES = [Verdict("synthetic", "dd", "e"), Verdict("user", "browser", "e"), Ve
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(_SOURCES)), max_size=8), max_size=8), st.integers(2, 9))
 def test_learning_a_request_at_once_is_learning_it_record_by_record(requests, max_traces: int) -> None:
-    """learn_many (one dict update for new traces) gives each trace the verdict learn() one by one
+    """learn_many (one C pass for new traces) gives each trace the verdict learn() one by one
     would (merged in order, a trace taught twice in one request too) and forgets by the same TTL;
     and it keeps to the bound. (Which traces a request over the bound evicts may differ: learn_many
     merges the known traces before adding the new ones.)"""
