@@ -2,7 +2,7 @@
  *
  * A dict did this at a fifth of the pipeline's time. It holds a hundred thousand traces and each
  * request adds a few hundred and evicts as many: deleted entries fill the dict's entry array until
- * it is rebuilt (every ~75,000 inserts, touching every cold key), and each lookup reads the index,
+ * it is rebuilt (about every 75,000 inserts, touching every cold key), and each lookup reads the index,
  * the entry and the key object, three cache misses. Here a slot holds its key inline (a trace id
  * is 16 bytes), probing is linear and a deletion shifts the following slots back instead of
  * leaving a tombstone: about one miss per lookup, insert or delete, and no rebuilds but to grow.
@@ -11,7 +11,7 @@
  * expiry of its latest learning; an older learning of the same trace no longer matches it and is
  * dropped without effect when it expires or is evicted, so a trace lives until its latest learning
  * goes. Learning a trace again at the same instant adds no learning, and superseded learnings are
- * dropped early when they fill the ring: it stays about as large as the table.
+ * dropped early when they fill the ring: it holds at most about twice as many learnings as traces.
  *
  * Only 16-byte trace ids are kept (OTLP's length; the Collector refuses any other). A record with
  * another trace id inherits nothing: the side that never downgrades. Values are verdicts, which

@@ -378,7 +378,8 @@ class Pipeline:
         stats = Stats()
         redactions: dict[str, int] = {}
         redactor = self.redactor
-        known: dict[bytes, Verdict] = {}  # trace -> its inherited verdict (what recall() answers, inherited)
+        # trace -> its inherited verdict (what recall() answers, inherited): the memory's table, if any
+        known: wire.TraceTable | dict = {}
         if self.memory is not None:
             self.memory.expire(now)
             known = self.memory.inherited
