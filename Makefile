@@ -10,7 +10,7 @@ SCAN_STAMP := $(SCAN_VENV)/.installed
 
 .PHONY: run test bench fuzz setup clean
 
-$(STAMP): pyproject.toml setup.py processor/_wire.c processor/_trace_table.c processor/_trace_table.h
+$(STAMP): pyproject.toml setup.py processor/_wire.c processor/_trace_table.c processor/_trace_table.h processor/_user_agents.c processor/_user_agents.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

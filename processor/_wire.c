@@ -13,10 +13,10 @@
  *   out, and every enclosing length prefix recomputed.
  * - record_text() reads what a rule needs of a candidate record whose body is one string.
  * - may_match() looks for the downgrade rules' needles in the bytes of the records they could match.
- * - needle_verdicts() classifies new user agents into the cache with the needle automaton (built in
- *   wire.py, checked once by automaton()).
  * - resolve() gives each record its own verdict or its trace's, from the trace memory's table
  *   (TraceTable, in _trace_table.c: built into this module).
+ * - The user agents index() reports are looked up and classified by UserAgentCache (_user_agents.c,
+ *   built into this module), reading them where they lie in the request.
  *
  * assemble() sees only requests index() found valid, so a malformed buffer there is a bug: it
  * raises ValueError rather than guessing. Anything protobuf
@@ -33,12 +33,12 @@
 #include <string.h>
 
 #include "_trace_table.h"
+#include "_user_agents.h"
 
 #define MAX_KEYS 250          /* key ids fit in one byte (the user-agent cache key's prefix) */
 #define MASKED_KEYS 64        /* the first keys are found through bit masks, the rest one by one */
 #define MAX_HITS 32           /* more evidence attributes than this in one record: decided decoded */
 #define MAX_GROUP_DEPTH 100   /* as deep as the check lets groups nest (MAX_DEPTH) */
-#define RECENT_KEYS 64        /* user-agent keys a request's walk remembers to reuse (see index_t) */
 
 enum kind { KIND_EVIDENCE = 0, KIND_PATH = 1, KIND_USER_AGENT = 2, KIND_ODD = 3 };
 
@@ -418,8 +418,8 @@ typedef struct {
     PyObject *spans;          /* bytearray: uint32 start, end of each record's content */
     PyObject *trace_ids;
     PyObject *candidates;
-    PyObject *ua_records;     /* per user-agent attribute: its record ... */
-    PyObject *ua_keys;        /* ... and its cache key: key id byte + AnyValue bytes */
+    PyObject *user_agents;    /* bytearray: per user-agent attribute, uint32 record, key id, start, end of its
+                                 AnyValue (for UserAgentCache.verdicts) */
     PyObject *hits;           /* (record, key id, AnyValue bytes) of every other evidence attribute */
     PyObject *odd;
     PyObject *groups;         /* per ScopeLogs: (resource_logs index, ResourceLogs and ScopeLogs without
@@ -427,28 +427,7 @@ typedef struct {
     PyObject *resources;      /* per ResourceLogs: its resource's bytes (every occurrence, joined) */
     Py_ssize_t largest;       /* the largest record's size ... */
     Py_ssize_t most_attributes; /* ... and the most attributes one record has (for the per-record limits) */
-    /* The user-agent keys made last, by a hash of their bytes (borrowed: ua_keys holds them). A
-     * request's few hundred user agents are a handful of distinct ones: an equal key is the same
-     * object again, so the cache lookup hashes it once and finds it by identity, and its bytes are
-     * not copied again. */
-    PyObject *recent_keys[RECENT_KEYS];
 } index_t;
-
-/* Where a user-agent key (key id, AnyValue bytes) goes in recent_keys: a multiply-xor hash of all of
- * it (user agents differ anywhere: a version in the middle). A collision only costs a copy. */
-static inline size_t recent_slot(int key, const uint8_t *p, Py_ssize_t n)
-{
-    uint64_t h = (uint64_t)n ^ ((uint64_t)key << 32), word;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&word, p + i, 8);
-        h = (h ^ word) * 0x9E3779B97F4A7C15ULL;
-    }
-    word = 0;
-    memcpy(&word, p + i, (size_t)(n - i));
-    h = (h ^ word) * 0x9E3779B97F4A7C15ULL;
-    return (size_t)(h >> 58); /* the top bits, which every byte reaches: RECENT_KEYS = 64 */
-}
 
 /* Keys are short: compared a word at a time (the last word overlapping), without a call. */
 static inline int same_bytes(const uint8_t *a, const uint8_t *b, Py_ssize_t n)
@@ -649,24 +628,11 @@ static int index_record(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ss
     for (int i = 0; i < nhits; i++) {
         Py_ssize_t n = hits[i].end - hits[i].start;
         if (w->kinds[hits[i].key] == KIND_USER_AGENT) {
-            const uint8_t *value = buf + hits[i].start;
-            PyObject **recent = &out->recent_keys[recent_slot(hits[i].key, value, n)], *key = *recent;
-            if (key != NULL && PyBytes_GET_SIZE(key) == n + 1 && (uint8_t)PyBytes_AS_STRING(key)[0] == hits[i].key &&
-                memcmp(PyBytes_AS_STRING(key) + 1, value, (size_t)n) == 0) {
-                Py_INCREF(key);
-            } else {
-                key = *recent = PyBytes_FromStringAndSize(NULL, n + 1);
-                if (key == NULL)
-                    return 0;
-                PyBytes_AS_STRING(key)[0] = (char)hits[i].key;
-                memcpy(PyBytes_AS_STRING(key) + 1, value, (size_t)n);
-            }
-            if (!append_new(out->ua_records, PyLong_FromLong(record))) {
-                Py_DECREF(key);
+            uint32_t entry[4] = {(uint32_t)record, (uint32_t)hits[i].key, (uint32_t)hits[i].start, (uint32_t)hits[i].end};
+            Py_ssize_t used = PyByteArray_GET_SIZE(out->user_agents);
+            if (PyByteArray_Resize(out->user_agents, used + (Py_ssize_t)sizeof entry) < 0)
                 return 0;
-            }
-            if (!append_new(out->ua_keys, key))
-                return 0;
+            memcpy(PyByteArray_AS_STRING(out->user_agents) + used, entry, sizeof entry);
             continue;
         }
         PyObject *value = PyBytes_FromStringAndSize((const char *)buf + hits[i].start, n);
@@ -836,12 +802,12 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
         goto done;
     }
     index_t out = {
-        PyByteArray_FromStringAndSize(NULL, 0), PyList_New(0), PyList_New(0), PyList_New(0),
-        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0, 0, {NULL},
+        PyByteArray_FromStringAndSize(NULL, 0), PyList_New(0), PyList_New(0), PyByteArray_FromStringAndSize(NULL, 0),
+        PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), 0, 0,
     };
     PyObject **parts = &out.spans;
     int made = 1;
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 8; i++)
         made &= parts[i] != NULL;
     if (made) {
         const uint8_t *buf = payload.buf;
@@ -856,12 +822,12 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
                 ok = index_resource_logs(&w, buf, f.start, f.end, 1, which++, &records, &out);
         }
         if (ok)
-            result = Py_BuildValue("OOOOOOOOOnn", out.spans, out.trace_ids, out.candidates, out.ua_records, out.ua_keys,
-                                   out.hits, out.odd, out.groups, out.resources, out.largest, out.most_attributes);
+            result = Py_BuildValue("OOOOOOOOnn", out.spans, out.trace_ids, out.candidates, out.user_agents, out.hits, out.odd,
+                                   out.groups, out.resources, out.largest, out.most_attributes);
         else if (!PyErr_Occurred()) /* not valid: what is wrong, instead of the index */
             result = PyUnicode_FromString(w.v.problem);
     }
-    for (int i = 0; i < 9; i++)
+    for (int i = 0; i < 8; i++)
         Py_XDECREF(parts[i]);
 done:
     PyBuffer_Release(&payload);
@@ -1350,336 +1316,10 @@ done:
     return result;
 }
 
-/* --- user agents ------------------------------------------------------------------------------------ */
-
-/* The needle automaton (Aho-Corasick, built in wire.py), checked and copied once by automaton():
- * needle_verdicts() runs it for every new user agent of every request. A transition names its target
- * by where the target's row starts (state * width: no multiplication per byte) and its bit 31 says
- * whether the target ends a needle, so a byte costs one table load and the rank table is read only
- * there. */
-#define AUTOMATON "wire.automaton"
-#define ENDS_NEEDLE 0x80000000u
-#define LANES 4
-
-typedef struct {
-    uint8_t cls[256];         /* byte -> class (ASCII case folded; 0: a byte no needle has) */
-    Py_ssize_t width;         /* classes */
-    uint32_t *next;           /* states * width transitions: the target's row, ENDS_NEEDLE where it ends one */
-    int32_t *rank;            /* per state, the lowest rank among the needles ending there */
-} automaton_t;
-
-static void automaton_free(PyObject *capsule)
-{
-    automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
-    if (a != NULL) {
-        PyMem_Free(a->next);
-        PyMem_Free(a->rank);
-        PyMem_Free(a);
-    }
-}
-
-static PyObject *wire_automaton(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    Py_buffer classes, delta, ranks;
-    Py_ssize_t width;
-    if (!PyArg_ParseTuple(args, "y*y*y*n", &classes, &delta, &ranks, &width))
-        return NULL;
-    PyObject *result = NULL;
-    automaton_t *a = NULL;
-    Py_ssize_t states = ranks.len / (Py_ssize_t)sizeof(int32_t);
-    if (classes.len != 256 || width < 1 || states < 1 || ranks.len % (Py_ssize_t)sizeof(int32_t) != 0 ||
-        delta.len != states * width * (Py_ssize_t)sizeof(uint16_t)) {
-        PyErr_SetString(PyExc_ValueError, "needle tables of the wrong sizes");
-        goto done;
-    }
-    if (states * width >= (Py_ssize_t)ENDS_NEEDLE) {
-        PyErr_SetString(PyExc_ValueError, "more automaton states than a transition can name");
-        goto done;
-    }
-    const uint16_t *next = delta.buf;
-    const int32_t *rank = ranks.buf;
-    for (Py_ssize_t i = 0; i < 256; i++) {
-        if (((const uint8_t *)classes.buf)[i] >= width) {
-            PyErr_SetString(PyExc_ValueError, "a byte class past the table's width");
-            goto done;
-        }
-    }
-    a = PyMem_Calloc(1, sizeof(automaton_t));
-    if (a == NULL || (a->next = PyMem_Malloc(states * width * sizeof(uint32_t))) == NULL ||
-        (a->rank = PyMem_Malloc(ranks.len)) == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    memcpy(a->cls, classes.buf, 256);
-    memcpy(a->rank, rank, ranks.len);
-    a->width = width;
-    for (Py_ssize_t i = 0; i < states * width; i++) {
-        if (next[i] >= states) {
-            PyErr_SetString(PyExc_ValueError, "a needle transition names no state");
-            goto done;
-        }
-        a->next[i] = (uint32_t)(next[i] * width) | (rank[next[i]] != INT32_MAX ? ENDS_NEEDLE : 0);
-    }
-    result = PyCapsule_New(a, AUTOMATON, automaton_free);
-    if (result != NULL)
-        a = NULL; /* the capsule owns it */
-done:
-    if (a != NULL) {
-        PyMem_Free(a->next);
-        PyMem_Free(a->rank);
-        PyMem_Free(a);
-    }
-    PyBuffer_Release(&classes);
-    PyBuffer_Release(&delta);
-    PyBuffer_Release(&ranks);
-    return result;
-}
-
-static inline int all_ascii(const uint8_t *p, Py_ssize_t n)
-{
-    uint64_t high = 0, word;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&word, p + i, 8);
-        high |= word;
-    }
-    for (; i < n; i++)
-        high |= p[i];
-    return (high & 0x8080808080808080ULL) == 0;
-}
-
-/* The verdicts user agents give their records, from the cache (cache key -> verdict or None), in
- * one pass: {record: verdict} for those that give one; or, if some keys are not in the cache, the
- * list of those (the caller classifies them and asks again); or None if a record has two user
- * agents (the caller chooses between them). ``records`` is in request order, so a record's user
- * agents are next to each other. */
-static PyObject *wire_user_agent_verdicts(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *cache, *records, *keys;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &cache, &PyList_Type, &records, &PyList_Type, &keys))
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(keys);
-    if (PyList_GET_SIZE(records) != n) {
-        PyErr_SetString(PyExc_ValueError, "records and keys of different lengths");
-        return NULL;
-    }
-    PyObject *missing = NULL, *own = PyDict_New();
-    int twice = 0;
-    if (own == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key = PyList_GET_ITEM(keys, i);
-        PyObject *verdict = PyDict_GetItemWithError(cache, key); /* borrowed */
-        if (verdict == NULL) {
-            if (PyErr_Occurred() || (missing == NULL && (missing = PyList_New(0)) == NULL) || PyList_Append(missing, key) < 0)
-                goto fail;
-            continue;
-        }
-        PyObject *record = PyList_GET_ITEM(records, i);
-        if (i > 0 && !twice) {
-            int same = PyObject_RichCompareBool(record, PyList_GET_ITEM(records, i - 1), Py_EQ);
-            if (same < 0)
-                goto fail;
-            twice = same;
-        }
-        if (missing == NULL && !twice && verdict != Py_None && PyDict_SetItem(own, record, verdict) < 0)
-            goto fail;
-    }
-    if (missing != NULL || twice) {
-        Py_DECREF(own);
-        if (missing != NULL)
-            return missing;
-        Py_RETURN_NONE;
-    }
-    return own;
-fail:
-    Py_XDECREF(missing);
-    Py_DECREF(own);
-    return NULL;
-}
-
-typedef struct {
-    const uint8_t *p;  /* the text's next byte */
-    Py_ssize_t left;   /* bytes still to read */
-    uint32_t row;      /* where its state's row starts in the table */
-    int32_t best;
-    Py_ssize_t value;  /* which value it is (-1: the lane is empty) */
-} lane_t;
-
-/* A lane's step ended a needle (``e``, the transition taken): the lane keeps the lowest rank. */
-static inline void lane_found(lane_t *lane, uint32_t e, const automaton_t *a)
-{
-    if (e & ENDS_NEEDLE) {
-        int32_t r = a->rank[(e & ~ENDS_NEEDLE) / a->width];
-        if (r < lane->best)
-            lane->best = r;
-    }
-}
-
-/* Into found[v], per value (a cache key: a key id's byte, then a serialized AnyValue): if the AnyValue
- * is exactly one non-empty ASCII string_value, the lowest rank among the needles in that string, or
- * NO_NEEDLE if there is none; -1 if it is not such a string. 0, or -1 with an exception set.
- *
- * A DFA step waits for the one before it (a load from a table too large for L1), so one text at a
- * time leaves the core mostly idle: LANES texts are stepped together, each lane taking the next
- * text when its own ends. */
-#define NO_NEEDLE LONG_MAX
-static int needle_ranks(PyObject *values, const automaton_t *a, long *found)
-{
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    Py_ssize_t *texts = PyMem_Malloc((n > 0 ? n : 1) * 2 * sizeof(Py_ssize_t)); /* (value, text start) */
-    if (texts == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    const Py_ssize_t skip = 1; /* the key id */
-    Py_ssize_t count = 0;
-    for (Py_ssize_t v = 0; v < n; v++) {
-        PyObject *value = PyList_GET_ITEM(values, v);
-        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < skip) {
-            PyErr_SetString(PyExc_TypeError, "values must be bytes: a key id, then an AnyValue");
-            PyMem_Free(texts);
-            return -1;
-        }
-        const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(value) + skip;
-        Py_ssize_t size = PyBytes_GET_SIZE(value) - skip, at = 1;
-        uint64_t length;
-        found[v] = -1;
-        if (size > 1 && p[0] == 0x0A && read_varint(p, &at, size, &length) && length > 0 &&
-            at + (Py_ssize_t)length == size && all_ascii(p + at, size - at)) {
-            texts[2 * count] = v;
-            texts[2 * count + 1] = skip + at;
-            count++;
-        }
-    }
-    const uint8_t *cls = a->cls;
-    const uint32_t *next = a->next;
-    lane_t lane[LANES];
-    Py_ssize_t taken = 0;
-    for (int k = 0; k < LANES; k++)
-        lane[k].value = -1;
-    for (;;) {
-        int active = 0;
-        for (int k = 0; k < LANES; k++) {
-            if (lane[k].value >= 0 && lane[k].left == 0) {
-                found[lane[k].value] = lane[k].best == INT32_MAX ? NO_NEEDLE : lane[k].best;
-                lane[k].value = -1;
-            }
-            if (lane[k].value < 0 && taken < count) {
-                PyObject *value = PyList_GET_ITEM(values, texts[2 * taken]);
-                lane[k].value = texts[2 * taken];
-                lane[k].p = (const uint8_t *)PyBytes_AS_STRING(value) + texts[2 * taken + 1];
-                lane[k].left = PyBytes_GET_SIZE(value) - texts[2 * taken + 1];
-                lane[k].row = 0;
-                lane[k].best = INT32_MAX;
-                taken++;
-            }
-            active += lane[k].value >= 0;
-        }
-        if (active == 0)
-            break;
-        if (active == LANES) {
-            Py_ssize_t steps = lane[0].left;
-            for (int k = 1; k < LANES; k++)
-                steps = lane[k].left < steps ? lane[k].left : steps;
-            /* Spelled out, lanes in registers: as a loop over arrays, each state went through the
-             * stack on every byte. */
-            _Static_assert(LANES == 4, "the lanes are spelled out here");
-            uint32_t s0 = lane[0].row, s1 = lane[1].row, s2 = lane[2].row, s3 = lane[3].row;
-            const uint8_t *t0 = lane[0].p, *t1 = lane[1].p, *t2 = lane[2].p, *t3 = lane[3].p;
-            for (Py_ssize_t j = 0; j < steps; j++) {
-                uint32_t e0 = next[s0 + cls[t0[j]]];
-                uint32_t e1 = next[s1 + cls[t1[j]]];
-                uint32_t e2 = next[s2 + cls[t2[j]]];
-                uint32_t e3 = next[s3 + cls[t3[j]]];
-                s0 = e0 & ~ENDS_NEEDLE;
-                s1 = e1 & ~ENDS_NEEDLE;
-                s2 = e2 & ~ENDS_NEEDLE;
-                s3 = e3 & ~ENDS_NEEDLE;
-                if ((e0 | e1 | e2 | e3) & ENDS_NEEDLE) {
-                    lane_found(&lane[0], e0, a);
-                    lane_found(&lane[1], e1, a);
-                    lane_found(&lane[2], e2, a);
-                    lane_found(&lane[3], e3, a);
-                }
-            }
-            lane[0].row = s0;
-            lane[1].row = s1;
-            lane[2].row = s2;
-            lane[3].row = s3;
-            for (int k = 0; k < LANES; k++) {
-                lane[k].p += steps;
-                lane[k].left -= steps;
-            }
-            continue;
-        }
-        /* The last few texts: one at a time. */
-        for (int k = 0; k < LANES; k++) {
-            if (lane[k].value < 0)
-                continue;
-            uint32_t s = lane[k].row;
-            for (Py_ssize_t j = 0; j < lane[k].left; j++) {
-                uint32_t e = next[s + cls[lane[k].p[j]]];
-                s = e & ~ENDS_NEEDLE;
-                lane_found(&lane[k], e, a);
-            }
-            lane[k].left = 0;
-        }
-    }
-    PyMem_Free(texts);
-    return 0;
-}
-
-/* Verdicts of new user agents into ``into`` (the cache): values are cache keys, a key id's byte
- * then a serialized AnyValue; tables[id][rank] is the verdict of a user agent of that key whose
- * lowest needle rank is ``rank``, tables[id][-1] that of one with no needle. Returns the values
- * that are not one ASCII string, for the caller's slower path. */
-static PyObject *wire_needle_verdicts(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *values, *capsule, *tables, *into;
-    if (!PyArg_ParseTuple(args, "O!OO!O!", &PyList_Type, &values, &capsule, &PyList_Type, &tables, &PyDict_Type, &into))
-        return NULL;
-    const automaton_t *a = PyCapsule_GetPointer(capsule, AUTOMATON);
-    if (a == NULL)
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    long *found = PyMem_Malloc((n > 0 ? n : 1) * sizeof(long));
-    if (found == NULL)
-        return PyErr_NoMemory();
-    PyObject *unread = NULL;
-    if (needle_ranks(values, a, found) < 0 || (unread = PyList_New(0)) == NULL)
-        goto fail;
-    for (Py_ssize_t v = 0; v < n; v++) {
-        PyObject *value = PyList_GET_ITEM(values, v); /* bytes, at least 1 long: needle_ranks checked */
-        if (found[v] < 0) {
-            if (PyList_Append(unread, value) < 0)
-                goto fail;
-            continue;
-        }
-        uint8_t id = (uint8_t)PyBytes_AS_STRING(value)[0];
-        PyObject *table = id < PyList_GET_SIZE(tables) ? PyList_GET_ITEM(tables, id) : NULL;
-        Py_ssize_t size = table != NULL && PyList_Check(table) ? PyList_GET_SIZE(table) : 0;
-        Py_ssize_t last = size - 1; /* the no-needle verdict's place */
-        Py_ssize_t rank = found[v] == NO_NEEDLE ? last : found[v];
-        if (last < 0 || (found[v] != NO_NEEDLE && rank >= last)) {
-            PyErr_Format(PyExc_ValueError, "no verdict for key id %d, needle rank %ld", id, found[v]);
-            goto fail;
-        }
-        if (PyDict_SetItem(into, value, PyList_GET_ITEM(table, rank)) < 0)
-            goto fail;
-    }
-    PyMem_Free(found);
-    return unread;
-fail:
-    PyMem_Free(found);
-    Py_XDECREF(unread);
-    return NULL;
-}
-
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
-     "index(payload, schema, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, ua_records, "
-     "ua_keys, hits, odd, groups, resources, largest, most_attributes); or, if upb would not decode payload, what is wrong"},
+     "index(payload, schema, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, user_agents, "
+     "hits, odd, groups, resources, largest, most_attributes); or, if upb would not decode payload, what is wrong"},
     {"assemble", wire_assemble, METH_VARARGS,
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
     {"resolve", wire_resolve, METH_VARARGS,
@@ -1689,12 +1329,6 @@ static PyMethodDef methods[] = {
     {"record_text", wire_record_text, METH_VARARGS,
      "record_text(record, keys) -> (severity_number, severity_text, body) if the record's body is one string and no "
      "attribute has one of keys; else None"},
-    {"user_agent_verdicts", wire_user_agent_verdicts, METH_VARARGS,
-     "user_agent_verdicts(cache, records, keys) -> {record: verdict}; the keys not in cache; or None if a record has two"},
-    {"automaton", wire_automaton, METH_VARARGS,
-     "automaton(classes, delta, ranks, width) -> the needle automaton's tables, checked, for needle_verdicts"},
-    {"needle_verdicts", wire_needle_verdicts, METH_VARARGS,
-     "needle_verdicts(values, automaton, tables, into) -> values not read: verdicts of new user agents into the cache"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1705,7 +1339,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__wire(void)
 {
     PyObject *created = PyModule_Create(&module);
-    if (created != NULL && trace_table_add_type(created) < 0)
+    if (created != NULL && (trace_table_add_type(created) < 0 || user_agents_add_to(created) < 0))
         Py_CLEAR(created);
     return created;
 }

@@ -22,6 +22,9 @@ from .redact import parse_patterns as parse_redact_patterns
 
 SOURCES = ("user", "synthetic", "probe", "bot", "service", "unknown")
 MiB = 1024 * 1024
+# The user-agent cache keeps each entry's user agent, 256 bytes per entry on average at most: a
+# million entries may hold 256 MiB.
+MAX_UA_CACHE_SIZE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "TRIAGE_UA_CACHE_SIZE",
         "10000",
-        "User agents whose classification is kept (bounded: the cache starts over when full).",
+        "User agents whose classification is kept, at most 1000000 (bounded in count and in bytes, 256 per"
+        " entry on average; a user agent over 1 KiB is classified every time; the cache starts over when full).",
     ),
     Variable("TRIAGE_LOG_LEVEL", "info", "The processor's own log level on stderr (debug, info, warning, error)."),
     Variable(
@@ -265,7 +269,7 @@ class Config:
             export_concurrency=reader.get("TRIAGE_EXPORT_CONCURRENCY", _positive_int),
             retry_max_interval_s=reader.get("TRIAGE_RETRY_MAX_INTERVAL", _positive_float),
             shutdown_timeout_s=reader.get("TRIAGE_SHUTDOWN_TIMEOUT", _positive_float),
-            ua_cache_size=reader.get("TRIAGE_UA_CACHE_SIZE", _positive_int),
+            ua_cache_size=reader.get("TRIAGE_UA_CACHE_SIZE", _positive_int_at_most(MAX_UA_CACHE_SIZE)),
             log_level=reader.get("TRIAGE_LOG_LEVEL", _one_of("debug", "info", "warning", "error")),
             exporter=_exporter_config(reader),
         )
@@ -334,6 +338,16 @@ def _positive_int(value: str) -> int:
     if number <= 0:
         raise _Invalid("expected a whole number greater than 0")
     return number
+
+
+def _positive_int_at_most(limit: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        number = _positive_int(value)
+        if number > limit:
+            raise _Invalid(f"expected a whole number from 1 to {limit}")
+        return number
+
+    return parse
 
 
 def _positive_float(value: str) -> float:

@@ -5,9 +5,10 @@ reads (user agents, marker headers, monitor addresses, a path that starts like a
 ``user_agent.synthetic.type``), so records without evidence cost no Python at all. The
 decisions stay the classifier's:
 
-- a user agent is cached by (key, serialized value). A request's user agents are looked up in
-  C-level passes, and the new ones are classified together: one pass each of an automaton of the
-  catalog's needles (``wire.FirstNeedle``, in C), then table lookups;
+- a user agent is cached by (key, serialized value) in ``wire.UserAgentCache`` (C). A request's
+  user agents are looked up where they lie in it, and the new ones that are one ASCII string are
+  classified in the same call: one pass each of an automaton of the catalog's needles
+  (``wire.FirstNeedle``), then a table lookup. No bytes object is made for them;
 - any other evidence attribute is decoded and handed to ``Classifier.evidence``, cached by value;
 - a record the walk does not model (triaged upstream, a key given twice in one attribute, ...)
   is decoded whole and read attribute by attribute (``decoded``), as the reference loop does.
@@ -18,6 +19,7 @@ has nothing to redact.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -33,6 +35,8 @@ from .wire import FirstNeedle, Index, Scanner
 
 _MISSING = object()
 _KINDS = {"user_agent": wire.USER_AGENT, "path": wire.PATH}
+# The user-agent cache's hash key: user agents come from outside, and ones made to collide would go uncached.
+_SEED = os.urandom(16)
 
 
 @dataclass
@@ -64,9 +68,9 @@ class EvidenceReader:
         self._health_paths = tuple(path.encode() for path in classifier.health_paths)
         # A user agent not seen lately is searched for every signature needle at once, and for the
         # browser marker ranked after them all, with ASCII case ignored (what str.lower() does to
-        # ASCII text); other text takes the classifier's path.
+        # ASCII text); other text takes the classifier's path (``_decoded_user_agent``).
         order = classifier.ua_needle_order
-        self._needles = (
+        needles = (
             FirstNeedle(
                 [classifier.ua_needles[n].encode() for n in order] + [BROWSER_MARKER], list(range(len(order) + 1))
             )
@@ -74,15 +78,18 @@ class EvidenceReader:
             else None
         )
         # Per key id, by rank: the verdict of a user agent whose first needle has that rank; then a
-        # browser's (the marker's rank), then None (no needle at all; the last, as verdicts() reads it).
-        self._by_needle = [
+        # browser's (the marker's rank), then None (no needle at all; the last, as the cache reads it).
+        by_needle = [
             [classifier.user_agent_found(name, b"", frozenset((needle,))) for needle in order]
             + [classifier.user_agent_found(name, BROWSER_MARKER, frozenset()), None]
             if kind == wire.USER_AGENT
             else []
             for name, kind in zip(self._names, self._kinds)
         ]
-        self._user_agents: dict[bytes, Verdict | None] = {}  # key id byte + AnyValue bytes -> verdict
+        # key id byte + AnyValue bytes -> verdict; bounded in entries and bytes, it starts over when full.
+        self._user_agents = wire.UserAgentCache(
+            cache_size, _SEED, None if needles is None else needles.automaton, by_needle
+        )
         self._others: dict[tuple[int, bytes], Verdict | None] = {}  # (key id, AnyValue bytes) -> verdict
         self._cache_size = cache_size
         self._redacting = redactor.active
@@ -94,7 +101,8 @@ class EvidenceReader:
         """The evidence of every record of the serialized request ``payload`` (``wire.Malformed`` if
         upb would not decode it)."""
         found = wire.index(payload, self._keys, self._kinds, self._health_paths, min_severity)
-        own = self._user_agents_of(found.ua_records, found.ua_keys)
+        # record -> the verdict its user agents give (the better one, the first on a tie)
+        own: dict[int, Verdict] = self._user_agents.verdicts(payload, found.user_agents, self._decoded_user_agent)
         typed: set[int] = set()
         upstream: dict[int, str] = {}
         others = self._others
@@ -161,37 +169,6 @@ class EvidenceReader:
         # An occurrence outside every record (in a resource) names the record before it: harmless,
         # the redactor checks what it is given.
         return {bisect_right(starts, at) - 1 for _, at in positions} - {-1}
-
-    def _user_agents_of(self, records: list[int], keys: list[bytes]) -> dict[int, Verdict]:
-        """The verdicts the user-agent attributes give their records (those that give one).
-
-        Looked up for the whole request in one C pass; the user agents not in the cache are
-        classified together (a flood of unique ones costs little more per record than the usual few).
-        """
-        cache = self._user_agents
-        found = wire.user_agent_verdicts(cache, records, keys)
-        if isinstance(found, list):  # not in the cache: classified into it, then looked up again
-            if len(cache) + len(found) > self._cache_size:
-                # Bounded: a flood of unique user agents starts the cache over rather than tracking age.
-                cache.clear()
-                found = list(dict.fromkeys(keys))
-            self._classify_user_agents(found, cache)
-            found = wire.user_agent_verdicts(cache, records, keys)
-        if found is not None:
-            return found
-        own: dict[int, Verdict] = {}  # a record with two user agents: the better one, the first on a tie
-        for record, verdict in zip(records, map(cache.__getitem__, keys)):
-            best = own.get(record)
-            if verdict is not None and (best is None or verdict.rank < best.rank):
-                own[record] = verdict
-        return own
-
-    def _classify_user_agents(self, keys: list[bytes], into: dict[bytes, Verdict | None]) -> None:
-        """Verdicts for cache keys, into ``into``: plain ASCII strings from one automaton pass each
-        and a table lookup (in C); the rest (an array of values, non-ASCII text) as for a decoded record."""
-        unread = keys if self._needles is None else self._needles.verdicts(keys, self._by_needle, into)
-        for key in unread:
-            into[key] = self._decoded_user_agent(key)
 
     def _decoded_user_agent(self, key: bytes) -> Verdict | None:
         return self.classifier.evidence(self._names[key[0]], AnyValue.FromString(key[1:]))

@@ -14,9 +14,10 @@ else the pipeline does, and most records need only a few prepared bytes appended
   (protobuf merges a repeated field's later entries into the same message), replaced, or left
   out, and every enclosing length prefix recomputed. Everything else is copied byte for byte.
 - ``Scanner`` finds the redactor's literals in a whole request in one pass (Hyperscan, a SIMD
-  multi-literal search); ``FirstNeedle`` (an automaton run in C) the first user-agent signature
-  needle in each of a request's new user agents; ``user_agent_verdicts`` (C) maps a request's user
-  agents to their records through the cache.
+  multi-literal search).
+- ``UserAgentCache`` (C, ``_user_agents.c``) gives a request's user agents their verdicts where
+  ``index`` found them, and classifies the new ones with ``FirstNeedle``'s automaton: the first
+  user-agent signature needle in each.
 - ``field`` writes one length-delimited field: held records are released as a request built of
   their bytes.
 
@@ -35,12 +36,12 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 
 from . import _wire
 
-MAX_KEYS = 250  # evidence keys index() takes: a key's id is one byte of the user-agent cache key
+MAX_KEYS = 250  # evidence keys index() takes: a key's id is one byte of a user-agent cache key
 
 # What index() does with an attribute whose key is one of the keys it is given.
 EVIDENCE = 0  # report it (its AnyValue)
 PATH = 1  # report it only if its string starts with a health path (or it is not a plain string)
-USER_AGENT = 2  # report it in the user-agent lists (as a cache key)
+USER_AGENT = 2  # report where it lies, for UserAgentCache
 ODD = 3  # the record is decided from its decoded form
 
 
@@ -50,8 +51,7 @@ class Index(NamedTuple):
     spans: memoryview  # uint32 start, end of each record's bytes in the payload
     trace_ids: list[bytes]  # per record (b"" if none)
     candidates: list[int]  # records a downgrade rule could match (by severity)
-    ua_records: list[int]  # per user-agent attribute, in request order: its record ...
-    ua_keys: list[bytes]  # ... and its key's id (one byte) + its AnyValue bytes, a cache key
+    user_agents: memoryview  # per user-agent attribute, in request order: uint32 record, key id, start, end of its AnyValue
     hits: list[tuple[int, int, bytes]]  # (record, key id, AnyValue bytes): every other evidence attribute
     odd: list[int]  # records the walk does not model (ODD keys, a key given twice, ...): read them decoded
     groups: list[tuple[int, bytes, bytes, int, int]]
@@ -105,8 +105,8 @@ def index(payload: bytes, keys: tuple[bytes, ...], kinds: bytes, health_paths: t
     found = _wire.index(payload, _LOGS_SCHEMA, keys, kinds, health_paths, min_severity)
     if isinstance(found, str):
         raise Malformed(found)
-    spans, *rest = found
-    return Index(memoryview(spans).cast("I"), *rest)
+    spans, trace_ids, candidates, user_agents, *rest = found
+    return Index(memoryview(spans).cast("I"), trace_ids, candidates, memoryview(user_agents).cast("I"), *rest)
 
 
 def problem(payload: bytes) -> str | None:
@@ -128,11 +128,9 @@ def resolve(trace_ids: list[bytes], own: dict, inherited: TraceTable, fallback) 
     return _wire.resolve(trace_ids, own, inherited, fallback)
 
 
-def user_agent_verdicts(cache: dict, records: list[int], keys: list[bytes]):
-    """The user agents' verdicts, from ``cache`` (cache key -> Verdict or None), in one C pass:
-    ``{record: verdict}`` for the records they give one; or the list of ``keys`` not in ``cache``;
-    or None if a record has two user agents (the caller picks one)."""
-    return _wire.user_agent_verdicts(cache, records, keys)
+# UserAgentCache(max_entries, seed, automaton, tables): (key id, AnyValue) -> verdict, bounded, and
+# ``verdicts(payload, user_agents, fallback)`` for a request's user agents; documented in _user_agents.c.
+UserAgentCache = _wire.UserAgentCache
 
 
 def field(number: int, content: bytes) -> bytes:
@@ -189,7 +187,8 @@ class Scanner:
 
 class FirstNeedle:
     """Of many ASCII needles, which one occurs first in precedence in each of many texts (ASCII case
-    ignored): an Aho-Corasick automaton, built here once, run over each text in C (``_wire.c``).
+    ignored): an Aho-Corasick automaton, built here once (``automaton``), run by ``UserAgentCache``
+    over each new user agent in C (``_user_agents.c``).
 
     Per text it answers the needle with the lowest rank, which is all a user agent's verdict depends
     on, with no call back into Python per match (what a Hyperscan search costs per match).
@@ -236,13 +235,7 @@ class FirstNeedle:
                     failure[child] = delta[failure[state] * width + cls]
                     delta[state * width + cls] = child
                     queue.append(child)
-        self._automaton = _wire.automaton(bytes(classes), array("H", delta).tobytes(), array("i", best).tobytes(), width)
-
-    def verdicts(self, values: list[bytes], tables: list[list], into: dict) -> list[bytes]:
-        """For values that are a key id's byte then a serialized AnyValue of one ASCII string:
-        ``into[value] = tables[id][rank]``, ``rank`` the lowest among the needles in the string,
-        ``tables[id][-1]`` if none is. Returns the other values (not one ASCII string)."""
-        return _wire.needle_verdicts(values, self._automaton, tables, into)
+        self.automaton = _wire.automaton(bytes(classes), array("H", delta).tobytes(), array("i", best).tobytes(), width)
 
 
 _NO_RANK = 2**31 - 1

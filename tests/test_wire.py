@@ -9,6 +9,8 @@ configuration the fuzz invariants use.
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -130,10 +132,7 @@ def test_user_agent_from_needles_is_the_regex_decision(user_agent: str, upper: l
     """The automaton's first needle, ASCII case ignored, gives the verdict the lowercased regex pass gives."""
     mixed = "".join(c.upper() if upper[i % len(upper)] else c.lower() for i, c in enumerate(user_agent))
     evidence = PIPELINES["default"].evidence
-    cache_key = bytes((evidence._names.index(key),)) + AnyValue(string_value=mixed).SerializeToString()
-    into: dict = {}
-    evidence._classify_user_agents([cache_key], into)
-    assert into[cache_key] is evidence.classifier._user_agent(key, mixed)
+    assert _classified(evidence, key, [mixed]) == [evidence.classifier._user_agent(key, mixed)]
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -142,11 +141,18 @@ def test_a_batch_of_user_agents_is_classified_as_one_by_one(name: str) -> None:
     evidence = PIPELINES[name].evidence
     agents = [a for base in gen.USER_AGENTS for a in (base, base.upper(), f"{base} x/{len(base)}", "x" + base[3:])]
     agents += ["", "mozilla/", "MOZILLA/5.0", "été Mozilla/5.0", "curl", "bot"]
-    keys = [bytes((evidence._names.index("user_agent.original"),)) + AnyValue(string_value=a).SerializeToString() for a in agents]
-    found: dict = {}
-    evidence._classify_user_agents(keys, found)
-    for agent, key in zip(agents, keys):
-        assert found[key] is evidence.classifier.evidence("user_agent.original", AnyValue(string_value=agent)), agent
+    found = _classified(evidence, "user_agent.original", agents)
+    for agent, verdict in zip(agents, found):
+        assert verdict is evidence.classifier.evidence("user_agent.original", AnyValue(string_value=agent)), agent
+
+
+def _classified(evidence: EvidenceReader, key: str, agents: list[str]) -> list:
+    """The verdicts an emptied cache gives user agents of ``key`` in one request (the flood's path)."""
+    cache = evidence._user_agents
+    cache.clear()
+    values = [AnyValue(string_value=agent).SerializeToString() for agent in agents]
+    own = cache.verdicts(*_user_agents(values, evidence._names.index(key)), evidence._decoded_user_agent)
+    return [own.get(record) for record in range(len(agents))]
 
 
 # --- the C walk (processor/_wire.c) ----------------------------------------------------------------------
@@ -194,24 +200,41 @@ def test_a_user_agent_of_every_length_is_read(length: int) -> None:
     record = _record(_kv("a", "x"), kv, _kv("b", "y"))
     pipeline = PIPELINES["default"]
     evidence = pipeline.evidence
-    found = wire.index(_request(record), evidence._keys, evidence._kinds, evidence._health_paths, 13)
-    assert found.ua_records == [0]
-    assert found.ua_keys == [bytes((evidence._names.index("user_agent.original"),)) + kv.value.SerializeToString()]
-    assert _own(pipeline, _request(record)) == evidence.decoded(record)
-    assert _own(pipeline, _request(record))[0].source == "synthetic"
-    signatures = len(evidence.classifier.ua_needle_order)  # the browser marker's rank comes after them
-    (rank,) = _first(evidence._needles, [kv.value.SerializeToString()], signatures + 1)
-    assert 0 <= rank < signatures  # a signature needle's, not the browser marker's
+    payload = _request(record)
+    found = wire.index(payload, evidence._keys, evidence._kinds, evidence._health_paths, 13)
+    key_id = evidence._names.index("user_agent.original")
+    record_, key, start, end = found.user_agents.tolist()
+    assert (record_, key) == (0, key_id) and payload[start:end] == kv.value.SerializeToString()
+    assert _own(pipeline, payload) == evidence.decoded(record)
+    assert _own(pipeline, payload)[0].source == "synthetic"
+    # Kept unless longer than 1 KiB (then classified every time, as here).
+    kept = evidence._user_agents.get(bytes((key_id,)) + kv.value.SerializeToString())
+    assert (kept is not None) == (1 + len(kv.value.SerializeToString()) <= 1024)
+
+
+def _user_agents(values: list[bytes], key_id: int = 0) -> tuple[bytes, array]:
+    """A payload of serialized AnyValues and where each lies (record i, ``key_id``), as index() reports them."""
+    entries, at = array("I"), 0
+    for record, value in enumerate(values):
+        entries.extend((record, key_id, at, at + len(value)))
+        at += len(value)
+    return b"".join(values), entries
 
 
 def _first(needles: FirstNeedle, values: list[bytes], none: int) -> list[int]:
     """Per serialized AnyValue: the lowest needle rank in its plain ASCII string, ``none`` if no
-    needle is in it, -1 if it is not one (``verdicts`` with every rank its own verdict)."""
-    keys = [b"\x00" + value for value in values]
-    found: dict = {}
-    unread = needles.verdicts(keys, [[*range(1000), none]], found)
-    assert all(key not in found for key in unread)
-    return [found.get(key, -1) for key in keys]
+    needle is in it, -1 if it is not one (a cache whose verdicts are the ranks; the fallback says -1)."""
+    cache = wire.UserAgentCache(1000, bytes(16), needles.automaton, [[*range(1000), none]])
+    unread: list[bytes] = []
+
+    def fallback(key: bytes) -> int:
+        unread.append(key)
+        return -1
+
+    own = cache.verdicts(*_user_agents(values), fallback)
+    found = [own[record] for record in range(len(values))]
+    assert unread == list(dict.fromkeys(b"\0" + v for v, rank in zip(values, found) if rank == -1))  # each once
+    return found
 
 
 def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
@@ -227,24 +250,25 @@ def test_only_plain_ascii_user_agents_go_to_the_needle_search() -> None:
         AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="curl/8.4.0")])),
     ]
     assert _first(needles, [v.SerializeToString() for v in values], 9) == [1, 0, 2, 9, -1, -1, -1, -1]
-    with pytest.raises(TypeError):
-        needles.verdicts(["text"], [[9]], {})
+    assert _first(needles, [values[4].SerializeToString()] * 3, 9) == [-1, -1, -1]  # the fallback asked once
 
 
-def test_needle_verdicts_refuse_a_table_without_the_rank() -> None:
+def test_the_cache_refuses_a_table_without_the_rank() -> None:
     needles = FirstNeedle([b"curl/", b"bot"], [0, 1])
-    curl = b"\x01" + AnyValue(string_value="curl/8.4.0").SerializeToString()
-    plain = b"\x01" + AnyValue(string_value="wget").SerializeToString()
-    into: dict = {}
+    curl = AnyValue(string_value="curl/8.4.0").SerializeToString()
+    plain = AnyValue(string_value="wget").SerializeToString()
+    number = AnyValue(int_value=3).SerializeToString()
     for tables in ([[]], [[], []], [[], ["none"]]):  # no table for key 1; an empty one; none for rank 0
+        cache = wire.UserAgentCache(10, bytes(16), needles.automaton, tables)
         with pytest.raises(ValueError):
-            needles.verdicts([curl], tables, into)
-    assert needles.verdicts([plain, b"\x01" + AnyValue(int_value=3).SerializeToString()], [[], ["none"]], into) == [
-        b"\x01" + AnyValue(int_value=3).SerializeToString()
-    ]
-    assert into == {plain: "none"}
-    with pytest.raises(TypeError):
-        needles.verdicts([b""], [], into)  # not even a key id
+            cache.verdicts(*_user_agents([curl], key_id=1), None)
+        assert len(cache) == 0
+    cache = wire.UserAgentCache(10, bytes(16), needles.automaton, [[], ["none"]])
+    assert cache.verdicts(*_user_agents([plain, number], key_id=1), lambda key: ("fallback", key)) == {
+        0: "none",
+        1: ("fallback", b"\x01" + number),
+    }
+    assert cache.get(b"\x01" + plain) == "none" and cache.get(b"\x00" + plain) is None and cache.get(b"") is None
 
 
 def test_the_needle_automaton_finds_overlapping_needles() -> None:
@@ -275,29 +299,38 @@ def test_the_needle_automaton_agrees_with_a_plain_search(needles: list[str], tex
         return min(present, default=99)
 
     assert _first(automaton, values, 99) == [expected(t) for t in texts]
-    # Each rank's verdict taken from key 1's table (its last entry: no needle).
+    # Each rank's verdict taken from key 1's table (its last entry: no needle); None from the fallback.
     tables = [[], [("verdict", rank) for rank in range(len(needles))] + ["none"]]
-    keys = [b"\x01" + v for v in values]
-    into: dict = {}
-    unread = automaton.verdicts(keys, tables, into)
-    assert unread == [key for key, text in zip(keys, texts) if expected(text) == -1]
-    assert into == {
-        key: "none" if expected(text) == 99 else ("verdict", expected(text))
-        for key, text in zip(keys, texts)
+    cache = wire.UserAgentCache(1000, bytes(16), automaton.automaton, tables)
+    assert cache.verdicts(*_user_agents(values, key_id=1), lambda key: None) == {
+        record: "none" if expected(text) == 99 else ("verdict", expected(text))
+        for record, text in enumerate(texts)
         if expected(text) != -1
     }
 
 
-def test_user_agent_verdicts_from_the_cache_in_one_pass() -> None:
-    hit, miss = object(), object()
-    cache = {b"a": hit, b"b": None, b"c": miss}
-    assert wire.user_agent_verdicts(cache, [0, 1, 2], [b"a", b"b", b"c"]) == {0: hit, 2: miss}
-    # Keys not in the cache, in order (the caller classifies them), even with a record given twice.
-    assert wire.user_agent_verdicts(cache, [0, 1, 1, 2], [b"x", b"a", b"c", b"x"]) == [b"x", b"x"]
-    assert wire.user_agent_verdicts(cache, [0, 1, 1], [b"a", b"b", b"c"]) is None  # two for record 1
-    assert wire.user_agent_verdicts(cache, [], []) == {}
-    with pytest.raises(ValueError):
-        wire.user_agent_verdicts(cache, [0], [])
+def test_a_record_with_two_user_agents_gets_the_better_verdict() -> None:
+    """Lower rank wins, the first on a tie; a user agent that gives no verdict gives the record none."""
+    (robot, person, other) = (_Ranked("robot", 1), _Ranked("person", 0), _Ranked("other", 0))
+    table = {b"r": robot, b"p": person, b"o": other, b"n": None}
+    values = [AnyValue(string_value=name).SerializeToString() for name in ("r", "p", "o", "n", "n", "r", "p")]
+    payload, _ = _user_agents(values)
+    entries, at = array("I"), 0
+    for record, value in zip([0, 0, 0, 1, 2, 2, 3], values):  # a record's user agents are next to each other
+        entries.extend((record, 0, at, at + len(value)))
+        at += len(value)
+    cache = wire.UserAgentCache(10, bytes(16), None, [])
+    own = cache.verdicts(payload, entries, lambda key: table[AnyValue.FromString(key[1:]).string_value.encode()])
+    assert own == {0: person, 2: robot, 3: person}
+    assert cache.verdicts(payload, array("I"), None) == {}
+
+
+class _Ranked:
+    def __init__(self, name: str, rank: int):
+        self.name, self.rank = name, rank
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 def test_a_record_with_two_user_agents_takes_the_better() -> None:
@@ -378,7 +411,7 @@ def test_unknown_fields_are_skipped_and_forwarded_as_they_came() -> None:
     pipeline = PIPELINES["default"]
     evidence = pipeline.evidence
     found = wire.index(payload, evidence._keys, evidence._kinds, evidence._health_paths, 13)
-    assert found.ua_records == [0] and found.candidates == [0] and found.trace_ids == [b"t" * 16]
+    assert found.user_agents.tolist()[:2] == [0, evidence._names.index("user_agent.original")] and found.candidates == [0] and found.trace_ids == [b"t" * 16]
     assert wire.assemble(payload, [b""]) == payload
     enriched = ExportLogsServiceRequest.FromString(wire.assemble(payload, [_kv("k", "v").SerializeToString() and
                                                                         LogRecord(attributes=[_kv("k", "v")]).SerializeToString()]))
@@ -426,17 +459,19 @@ def test_records_over_a_limit_are_named(attributes: int, body: int, rejected: se
         Limits(max_records=1).check(found, None)
 
 
-def test_index_gives_equal_user_agents_one_key_object() -> None:
-    """A request's user agents repeat: an equal one is the same bytes object again (the cache lookup
-    hashes it once), a different one its own, even one that differs only in its middle. (Two that
-    share a slot of the walk's small table only cost a copy: not the case of these.)"""
-    chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
-    texts = [chrome, "curl/8.5.0", chrome, chrome.replace("Linux", "Lunix"), "curl/8.5.0", chrome, "x"]
-    payload = _request(*(_record(_kv("user_agent.original", text)) for text in texts))
-    keys = wire.index(payload, (b"user_agent.original",), bytes([wire.USER_AGENT]), (), 13).ua_keys
-    assert keys == [b"\0" + AnyValue(string_value=text).SerializeToString() for text in texts]
-    for i, j in [(i, j) for i in range(len(texts)) for j in range(i)]:
-        assert (keys[i] is keys[j]) == (texts[i] == texts[j])
+def test_index_reports_where_each_user_agent_lies() -> None:
+    """Per user-agent attribute, in request order: its record, its key's id, and its AnyValue's bytes."""
+    texts = ["curl/8.5.0", "Mozilla/5.0 (X11)", "x" * 300]
+    payload = _request(
+        _record(_kv("user_agent.original", texts[0])),
+        _record(_kv("other", "y")),
+        _record(_kv("user_agent.original", texts[1]), _kv("http.user_agent", texts[2])),
+    )
+    keys = (b"http.user_agent", b"user_agent.original")
+    found = wire.index(payload, keys, bytes([wire.USER_AGENT, wire.USER_AGENT]), (), 13).user_agents.tolist()
+    entries = [found[i : i + 4] for i in range(0, len(found), 4)]
+    assert [(record, key) for record, key, _, _ in entries] == [(0, 1), (2, 1), (2, 0)]
+    assert [payload[start:end] for _, _, start, end in entries] == [AnyValue(string_value=t).SerializeToString() for t in texts]
 
 
 class _Verdict:
