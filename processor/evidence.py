@@ -28,7 +28,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from . import wire
 from .classify import CatalogError, Classifier, Verdict
-from .classify.classifier import BROWSER_MARKER
+from .classify.classifier import BROWSER_MARKER, MAX_CACHED_VALUE
 from .classify.verdict import SOURCE, SYNTHETIC_TYPE
 from .redact import Redactor
 from .wire import FirstNeedle, Index, Scanner
@@ -132,10 +132,12 @@ class EvidenceReader:
     def _classify_other(self, key: int, value: bytes) -> Verdict | None:
         """The verdict of any other evidence attribute (a probe's path, a header, an address) not in
         ``_others``, which ``read`` looks up first: the same few values come again and again."""
-        cache = self._others
-        if len(cache) >= self._cache_size:
-            cache.clear()
-        verdict = cache[key, value] = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
+        verdict = self.classifier.evidence(self._names[key], AnyValue.FromString(value))
+        if len(value) <= MAX_CACHED_VALUE:  # a longer one is classified every time: the cache's memory is bounded
+            cache = self._others
+            if len(cache) >= self._cache_size:
+                cache.clear()
+            cache[key, value] = verdict
         return verdict
 
     def decoded(self, record: LogRecord) -> tuple[Verdict | None, bool, str | None]:

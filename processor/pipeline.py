@@ -29,6 +29,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from .classify import UNKNOWN, Classifier, Verdict
+from .classify.classifier import MAX_CACHED_VALUE
 from .classify.verdict import CERTAIN, string_attribute
 from .correlation import TRACE_ID_SIZE, Held, HeldGroup, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
@@ -43,6 +44,8 @@ WOULD_DOWNGRADE = "triage.would_downgrade"
 DEBUG_SEVERITY_NUMBER = 5  # semantic conventions: exceptions that are not an actual issue SHOULD be DEBUG (5)
 
 _RESOURCE_CACHE_SIZE = 1024  # distinct resources (service, pod, ...) whose verdict is remembered
+# A larger resource is read every time, never kept: the cache holds at most 1024 of 16 KiB.
+_MAX_CACHED_RESOURCE = 16 * 1024
 
 # Records that set only severity_text (severity_number 0) still count as warnings and errors.
 _TEXT_SEVERITY = {"WARN": 13, "WARNING": 13, "ERROR": 17, "CRITICAL": 21, "FATAL": 21, "SEVERE": 17}
@@ -225,9 +228,10 @@ class Pipeline:
         if serialized in cache:
             return cache[serialized]
         verdict = self.classifier.attributes(Resource.FromString(serialized).attributes) if serialized else None
-        if len(cache) >= _RESOURCE_CACHE_SIZE:
-            cache.clear()
-        cache[serialized] = verdict
+        if len(serialized) <= _MAX_CACHED_RESOURCE:
+            if len(cache) >= _RESOURCE_CACHE_SIZE:
+                cache.clear()
+            cache[serialized] = verdict
         return verdict
 
     def _slow(
@@ -310,11 +314,13 @@ class Pipeline:
         key = (*severity, rule.name)
         suffix = self._downgrades.get(key)
         if suffix is None:
-            if len(self._downgrades) >= _RESOURCE_CACHE_SIZE:
-                self._downgrades.clear()
             downgraded = LogRecord(severity_number=severity[0], severity_text=severity[1])
             self.downgrade(downgraded, rule)
-            suffix = self._downgrades[key] = LogRecord(attributes=downgraded.attributes).SerializeToString() + self._debug_wire
+            suffix = LogRecord(attributes=downgraded.attributes).SerializeToString() + self._debug_wire
+            if len(severity[1]) <= MAX_CACHED_VALUE:  # severity_text is the client's: a longer one is not kept
+                if len(self._downgrades) >= _RESOURCE_CACHE_SIZE:
+                    self._downgrades.clear()
+                self._downgrades[key] = suffix
         return suffix
 
     def downgrade(self, record, rule: Rule) -> None:

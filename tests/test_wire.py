@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from processor.classify import CatalogError, Classifier, Signature
 from processor.config import Config
@@ -144,6 +145,44 @@ def test_a_batch_of_user_agents_is_classified_as_one_by_one(name: str) -> None:
     found = _classified(evidence, "user_agent.original", agents)
     for agent, verdict in zip(agents, found):
         assert verdict is evidence.classifier.evidence("user_agent.original", AnyValue(string_value=agent)), agent
+
+
+def test_values_too_long_to_keep_are_classified_every_time_but_not_cached() -> None:
+    """Every cache of values from outside is bounded in bytes: a user agent, an address, a path
+    over 1,024 characters, a severity text over 1,024 and a resource over 16 KiB are classified each
+    time they come and never kept; shorter ones are kept."""
+
+    def request(n: int) -> bytes:
+        record = _record(
+            _kv("user_agent.original", "Datadog/Synthetics é" + "x" * n),  # non-ASCII: the classifier's cache
+            _kv("client.address", "10.0.0.1" + " " * n),
+            _kv("url.path", "/healthz" + "x" * n),
+            severity=17,
+            text="ERROR" + "x" * n,
+            body=AnyValue(string_value="Middleware error: AccessTokenError ERR_MISSING_SESSION " + "x" * n),
+        )
+        message = ExportLogsServiceRequest()
+        resource_logs = message.resource_logs.add()
+        resource_logs.resource.CopyFrom(Resource(attributes=[_kv("service.name", "s" * 16 * n)]))
+        resource_logs.scope_logs.add().log_records.append(record)
+        return message.SerializeToString()
+
+    for n, kept in [(1100, 0), (10, 1)]:
+        pipeline = build_pipeline(Config.from_env(CONFIGS["wide"]))
+        for now in (0.0, 1.0):
+            verdict = _own(pipeline, request(n))[0]
+            assert verdict is not None and verdict.source == "synthetic"
+            pipeline.process_wire(request(n), now)
+        evidence, classifier = pipeline.evidence, pipeline.classifier
+        sizes = [
+            len(evidence._user_agents),
+            classifier._user_agent_kept.cache_info().currsize,
+            classifier._address_kept.cache_info().currsize,
+            len(evidence._others),
+            len(pipeline._resource_verdicts),
+        ]
+        assert sizes == [kept, kept, kept, 2 * kept, kept], n  # others: the address and the path
+        assert len(pipeline._downgrades) == kept
 
 
 def _classified(evidence: EvidenceReader, key: str, agents: list[str]) -> list:

@@ -28,6 +28,9 @@ HEALTH_PATH_NAME = "health-check-path"
 # then "looks like a browser"; a health-check path alone is only weak evidence.
 _HEADER, _ADDRESS, _SIGNATURE_UA, _BROWSER_UA, _PATH = 0, 1, 2, 3, 4
 PATH_RANK = (_PATH, 0)  # every health-path verdict's rank: any other evidence outranks it
+# A value longer than this (in characters) is classified every time and never kept: a cache then
+# holds at most its count of values this long, and a flood of huge ones costs CPU, not memory.
+MAX_CACHED_VALUE = 1024
 BROWSER_MARKER = b"mozilla/"  # in a lowercased user agent with no signature needle: a browser
 _BROWSER_TEXT = BROWSER_MARKER.decode()
 
@@ -166,8 +169,20 @@ class Classifier:
         self.ua_needle_order: tuple[int, ...] = tuple(sorted(self._needle_first, key=self._needle_first.__getitem__))
         self.ua_needles_ascii = all(n.isascii() for n in self.ua_needles)
         self.ua_cache_size = ua_cache_size
-        self.user_agent = lru_cache(maxsize=ua_cache_size)(self._user_agent)
-        self.address = lru_cache(maxsize=ua_cache_size)(self._address)
+        self._user_agent_kept = lru_cache(maxsize=ua_cache_size)(self._user_agent)
+        self._address_kept = lru_cache(maxsize=ua_cache_size)(self._address)
+
+    def user_agent(self, key: str, user_agent: str) -> Verdict | None:
+        """The verdict a user agent gives (cached, unless it is longer than ``MAX_CACHED_VALUE``)."""
+        if len(user_agent) > MAX_CACHED_VALUE:
+            return self._user_agent(key, user_agent)
+        return self._user_agent_kept(key, user_agent)
+
+    def address(self, key: str, text: str) -> Verdict | None:
+        """The verdict a client address gives (cached, unless it is longer than ``MAX_CACHED_VALUE``)."""
+        if len(text) > MAX_CACHED_VALUE:
+            return self._address(key, text)
+        return self._address_kept(key, text)
 
     def evidence(self, key: str, value: AnyValue) -> Verdict | None:
         """The verdict one evidence attribute (a key in ``evidence_keys``) gives, if any."""
