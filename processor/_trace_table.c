@@ -290,23 +290,38 @@ int trace_table_check(PyObject *obj)
     return PyObject_TypeCheck(obj, &TableType);
 }
 
-static PyObject *table_get(Table *t, PyObject *args)
+/* get() and pop() are called per held record and per trace merged: METH_FASTCALL, without an
+ * argument tuple to build and parse. */
+static int key_and_default(const char *name, PyObject *const *args, Py_ssize_t n, PyObject **fallback)
 {
-    PyObject *trace_id, *fallback = Py_None;
-    if (!PyArg_ParseTuple(args, "O|O", &trace_id, &fallback))
+    if (n < 1 || n > 2) {
+        PyErr_Format(PyExc_TypeError, "%s(trace_id, default=None) takes 1 or 2 arguments, not %zd", name, n);
+        return -1;
+    }
+    *fallback = n == 2 ? args[1] : Py_None;
+    return 0;
+}
+
+static PyObject *table_get(Table *t, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *fallback;
+    if (key_and_default("get", args, n, &fallback) < 0)
         return NULL;
-    PyObject *value = trace_table_get((PyObject *)t, trace_id);
+    PyObject *value = trace_table_get((PyObject *)t, args[0]);
     return Py_NewRef(value != NULL ? value : fallback);
 }
 
-static PyObject *table_set(Table *t, PyObject *args)
+static PyObject *table_set(Table *t, PyObject *const *args, Py_ssize_t n)
 {
-    PyObject *trace_id, *value;
-    double until;
     trace_key key;
-    if (!PyArg_ParseTuple(args, "OOd", &trace_id, &value, &until))
+    if (n != 3) {
+        PyErr_Format(PyExc_TypeError, "set(trace_id, value, until) takes 3 arguments, not %zd", n);
         return NULL;
-    if (read_key(trace_id, &key) && put(t, find(t, key), key, value, until) < 0)
+    }
+    double until = PyFloat_AsDouble(args[2]);
+    if (until == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (read_key(args[0], &key) && put(t, find(t, key), key, args[1], until) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -342,6 +357,46 @@ static PyObject *table_learn_new(Table *t, PyObject *args)
         }
     }
     return known;
+}
+
+static PyObject *table_pop(Table *t, PyObject *const *args, Py_ssize_t n)
+{
+    PyObject *fallback;
+    trace_key key;
+    if (key_and_default("pop", args, n, &fallback) < 0)
+        return NULL;
+    if (!read_key(args[0], &key))
+        return Py_NewRef(fallback);
+    slot_t *s = find(t, key);
+    if (s->value == NULL)
+        return Py_NewRef(fallback);
+    PyObject *value = Py_NewRef(s->value);
+    remove_slot(t, s); /* its learnings no longer match a slot: dropped without effect */
+    return value;
+}
+
+/* Positions, in order, of the trace ids the table holds; one probe each, a few asked for ahead. */
+static PyObject *table_among(Table *t, PyObject *trace_ids)
+{
+    if (!PyList_Check(trace_ids)) {
+        PyErr_SetString(PyExc_TypeError, "among() takes a list of trace ids");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(trace_ids);
+    PyObject *found = PyList_New(0);
+    for (Py_ssize_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
+        prefetch_trace(t, PyList_GET_ITEM(trace_ids, i));
+    for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
+        if (i + PREFETCH_AHEAD < n)
+            prefetch_trace(t, PyList_GET_ITEM(trace_ids, i + PREFETCH_AHEAD));
+        if (trace_table_get((PyObject *)t, PyList_GET_ITEM(trace_ids, i)) == NULL)
+            continue;
+        PyObject *position = PyLong_FromSsize_t(i);
+        if (position == NULL || PyList_Append(found, position) < 0)
+            Py_CLEAR(found);
+        Py_XDECREF(position);
+    }
+    return found;
 }
 
 static PyObject *table_expire(Table *t, PyObject *arg)
@@ -380,12 +435,14 @@ static PyObject *table_items(Table *t, PyObject *Py_UNUSED(arg))
 }
 
 static PyMethodDef table_methods[] = {
-    {"get", (PyCFunction)table_get, METH_VARARGS, "get(trace_id, default=None) -> its value, or default"},
-    {"set", (PyCFunction)table_set, METH_VARARGS,
+    {"get", (PyCFunction)(void (*)(void))table_get, METH_FASTCALL, "get(trace_id, default=None) -> its value, or default"},
+    {"set", (PyCFunction)(void (*)(void))table_set, METH_FASTCALL,
      "set(trace_id, value, until): trace_id -> value, learned until `until` (any trace id not 16 bytes is ignored)"},
     {"learn_new", (PyCFunction)table_learn_new, METH_VARARGS,
      "learn_new(trace_ids, values, until) -> positions of those already held (or twice in trace_ids), left as "
      "they were; the others are set (16-byte trace ids only)"},
+    {"pop", (PyCFunction)(void (*)(void))table_pop, METH_FASTCALL, "pop(trace_id, default=None) -> its value, forgotten; or default"},
+    {"among", (PyCFunction)table_among, METH_O, "among(trace_ids) -> the positions, in order, of those the table holds"},
     {"expire", (PyCFunction)table_expire, METH_O,
      "expire(now) -> how many traces it forgot: those whose latest learning's until is <= now"},
     {"evict", (PyCFunction)table_evict, METH_NOARGS,

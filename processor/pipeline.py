@@ -163,11 +163,9 @@ class Pipeline:
             traced = list(map(bool, traces))
             traces, taught = list(compress(traces, traced)), list(compress(taught, traced))
         memory.learn_many(traces, taught, now)
-        waiting = self.holding.waiting_among(traces) if self.holding.count else ()
-        if waiting:  # records held earlier whose trace this request decides: released in request order
-            for trace_id in traces:
-                if trace_id in waiting:
-                    self._free_held(trace_id)
+        if self.holding.count:  # records held earlier whose trace this request decides: released in request order
+            for position in self.holding.waiting_among(traces):
+                self._free_held(traces[position])
 
         # 2. Every record's verdict: its own, else its trace's, else unknown; its enrichment appended
         #    in one C pass over the whole request. Then the few that need more (a possible rule

@@ -241,8 +241,8 @@ def test_released_records_are_queued_even_when_the_request_that_freed_them_is_re
 
 
 def test_holding_finds_the_traces_still_waiting_among_a_requests() -> None:
-    """waiting_among answers exactly the traces with records still held: not one whose records
-    its evidence freed, nor one whose records' window ended."""
+    """waiting_among answers, by position in request order, exactly the traces with records still
+    held: not one whose records its evidence freed, nor one whose records' window ended."""
     holding = Holding()
     group = HeldGroup(b"", b"", b"")
 
@@ -251,14 +251,38 @@ def test_holding_finds_the_traces_still_waiting_among_a_requests() -> None:
 
     for n, deadline in [(1, 2.0), (2, 2.0), (2, 3.0), (3, 4.0)]:
         holding.hold(held(n, deadline))
-    asked = [trace(n) for n in range(6)]
-    assert holding.waiting_among(asked) == {trace(1), trace(2), trace(3)}
+    asked = [trace(n) for n in (0, 1, 2, 3, 4, 5, 2)]
+    assert holding.waiting_among(asked) == [1, 2, 3, 6]
     assert [h.trace_id for h in holding.take_trace(trace(3))] == [trace(3)]
-    assert holding.waiting_among(asked) == {trace(1), trace(2)}
+    assert holding.waiting_among(asked) == [1, 2, 6]
     assert [(h.trace_id, h.deadline) for h in holding.take_expired(2.0)] == [(trace(1), 2.0), (trace(2), 2.0)]
-    assert holding.waiting_among(asked) == {trace(2)}  # its second record waits until 3.0
+    assert holding.waiting_among(asked) == [2, 6]  # its second record waits until 3.0
     assert len(holding.take_expired(3.0)) == 1
-    assert holding.waiting_among(asked) == set() and len(holding) == 0
+    assert holding.waiting_among(asked) == [] and len(holding) == 0
+
+
+def test_holding_refuses_a_trace_id_it_could_not_find_again() -> None:
+    """Only 16-byte trace ids are held (the pipeline holds no other): another is refused, not lost."""
+    holding = Holding()
+    for trace_id in (b"", b"12345678", b"x" * 17):
+        with pytest.raises(ValueError):
+            holding.hold(Held(trace_id, b"record", HeldGroup(b"", b"", b""), (17, "ERROR"), None, False, False, 1.0, 10))
+    assert len(holding) == 0 and holding.take_all() == []
+
+
+def test_traces_held_and_taken_again_and_again_keep_holding_small() -> None:
+    """A trace held, freed by its evidence, and held again (a long-lived trace) leaves nothing
+    behind: what the table kept of each holding is dropped once superseded."""
+    holding = Holding()
+    group = HeldGroup(b"", b"", b"")
+    for n in range(5000):
+        now = float(n)
+        for t in (1, 2):
+            holding.hold(Held(trace(t), b"record", group, (17, "ERROR"), None, False, False, now + 2.0, 10))
+        assert [h.trace_id for h in holding.take_trace(trace(1))] == [trace(1)]
+        holding.take_expired(now)
+    assert len(holding) == 2 and holding.waiting_among([trace(1), trace(2)]) == [1]
+    assert holding._by_trace.learnings <= 64  # the table's first ring: never grew
 
 
 class TestTraceIdsNotOtlps:

@@ -55,6 +55,14 @@ class Model:
                 self.set(trace_id, value, until)
         return known
 
+    def pop(self, trace_id: bytes, default):
+        """Forgotten now; its learnings stay in the queue and no longer match (``_drop_oldest``)."""
+        self.until.pop(trace_id, None)
+        return self.values.pop(trace_id, default)
+
+    def among(self, trace_ids) -> list[int]:
+        return [i for i, trace_id in enumerate(trace_ids) if trace_id in self.values]
+
     def _drop_oldest(self) -> int:
         trace_id, until = self.order.popleft()
         if trace_id in self.values and self.until[trace_id] == until:
@@ -85,6 +93,8 @@ _OPS = st.one_of(
     st.tuples(st.just("learn_new"), st.lists(_KEYS, max_size=12), st.integers(0, 20)),
     st.tuples(st.just("expire"), st.integers(0, 20)),
     st.tuples(st.just("evict"),),
+    st.tuples(st.just("pop"), _KEYS),
+    st.tuples(st.just("among"), st.lists(_KEYS, max_size=12)),
 )
 
 
@@ -114,6 +124,10 @@ def test_table_does_what_the_model_does(ops, max_traces: int) -> None:
             assert table.learn_new(trace_ids, values, float(until)) == model.learn_new(trace_ids, values, float(until))
         elif op[0] == "expire":
             assert table.expire(float(op[1])) == model.expire(float(op[1]))
+        elif op[0] == "pop":
+            assert table.pop(op[1], "none") == model.pop(op[1], "none")
+        elif op[0] == "among":
+            assert table.among(op[1]) == model.among(op[1])
         else:
             assert table.evict() == model.evict()
         _agree(table, model, seen)
