@@ -49,6 +49,16 @@ class TestBenchQuick:
         table_rows = [line.split(" | ")[0].strip() for line in done.stdout.splitlines() if " | " in line]
         assert sorted(table_rows[1:]) == sorted(r["scenario"] for r in results)
 
+    def test_ratios_within_each_round_are_printed(self, bench):
+        """The flood to the normal mix and otlp-triage to the relay, per round, from the rounds' own figures."""
+        done, document = bench
+        rounds = {r["scenario"]: r["cpu_s_per_million_rounds"] for r in document["results"]}
+        flood = document["paired"]["flood ÷ normal mix"]
+        expected = [f / n for f, n in zip(rounds["otlp-triage grpc flood"], rounds["otlp-triage grpc"])]
+        assert len(flood) == 2 and flood == pytest.approx(expected, rel=0.01)
+        assert "otlp-triage gRPC ÷ relay" in document["paired"]
+        assert any(line.strip().startswith("flood ÷ normal mix: ") for line in done.stdout.splitlines())
+
     def test_otlp_triage_delivers_every_record(self, bench):
         """No record sent to otlp-triage is lost on the way to the sink."""
         _, document = bench

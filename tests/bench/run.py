@@ -19,7 +19,9 @@ How it works:
 Columns: records/s end to end; tail s: last acknowledgement to last record at the sink (records
 queued, held for trace evidence, or waiting in the SDK's batch); CPU-seconds per million records
 sent; CPU and rate relative to the relay (the floor: same gRPC stack, no decode/process/encode);
-p50/p99 latency at half rate; peak RSS of the server process.
+p50/p99 latency at half rate; peak RSS of the server process. Below the table, ratios of two
+scenarios' CPU within each round (otlp-triage to the relay, the flood to the normal mix, ...): the
+rounds interleave the scenarios, so these move less with the machine's drift than two medians do.
 
 Usage: python tests/bench/run.py [--records N] [--quick] [--only NAME ...] [--seed S] [--json FILE]
                                  [--profile DIR] [--soak SECONDS [--soak-scenario NAME]]
@@ -34,6 +36,7 @@ import asyncio
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -422,6 +425,28 @@ def median_round(runs: list[Result]) -> Result:
     )
 
 
+# Same-round comparisons. The rounds interleave the scenarios, so one round's two figures were taken
+# a minute or two apart, in the same phase of a machine whose speed drifts: their ratio moves less
+# than the ratio of two medians taken from different rounds. (name, divided by name, what it says)
+PAIRS = (
+    ("otlp-triage grpc", BASELINE, "otlp-triage gRPC ÷ relay"),
+    ("otlp-triage http/protobuf", BASELINE, "otlp-triage HTTP/protobuf ÷ relay"),
+    ("otlp-triage grpc flood", "otlp-triage grpc", "flood ÷ normal mix"),
+    ("otlp-triage grpc no-correlation", "otlp-triage grpc", "correlation off ÷ on"),
+)
+
+
+def paired(results: list[Result]) -> list[tuple[str, list[float]]]:
+    """Per pair in PAIRS that ran the same rounds: (what it says, the CPU ratio of each round)."""
+    rounds = {r.scenario.name: r.cpu_rounds for r in results}
+    out = []
+    for name, by, label in PAIRS:
+        a, b = rounds.get(name, []), rounds.get(by, [])
+        if len(a) > 1 and len(a) == len(b) and all(b):
+            out.append((label, [x / y for x, y in zip(a, b)]))
+    return out
+
+
 def table(results: list[Result]) -> str:
     floor = next((r for r in results if r.scenario.name == BASELINE), None)
     rows = []
@@ -563,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(table(results))
+    comparisons = paired(results)
+    if comparisons:
+        print("\nCPU-s/1M ratios within each round:")
+        for label, ratios in comparisons:
+            print(f"  {label}: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
     if soaked:
         print("\nsoak, RSS of the otlp-triage process (MiB) over time: " + ", ".join(f"{t:.0f}s {rss / 2**20:.0f}" for t, rss in soaked))
         half = [rss for t, rss in soaked if t >= soaked[-1][0] / 2]
@@ -602,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores": os.cpu_count(),
             "concurrency": CONCURRENCY,
             "results": [r.as_dict() for r in results],
+            "paired": {label: ratios for label, ratios in paired(results)},
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     failed = [r.scenario.name for r in results if r.problems and r.scenario.server != NAIVE] + broken
