@@ -78,6 +78,18 @@ def test_a_full_cache_starts_over() -> None:
     assert cache.get(_key("d")) == "nothing" and cache.get(_key("a")) is None
 
 
+def test_a_new_user_agent_twice_in_the_request_that_fills_the_cache_keeps_it() -> None:
+    """The second occurrence finds the first kept, even in a cache it has just filled: no start-over."""
+    cache = _cache(max_entries=3)
+    cache.verdicts(*_request(["a", "b"]), _no_fallback)
+    assert cache.verdicts(*_request(["c", "curl/1", "c"]), _no_fallback) == {0: "nothing", 1: "client", 2: "nothing"}
+    assert (len(cache), cache.cleared) == (2, 1)  # curl/1 did not fit: started over; then c kept again
+    cache = _cache(max_entries=3)
+    cache.verdicts(*_request(["a", "b"]), _no_fallback)
+    cache.verdicts(*_request(["c", "c"]), _no_fallback)
+    assert (len(cache), cache.cleared) == (3, 0)
+
+
 def test_a_key_over_1_kib_is_classified_every_time_but_never_kept() -> None:
     cache = _cache()
     longest = "curl/" + "x" * 1015  # its key is exactly 1 KiB: the id, a tag, a 2-byte length, 1020 characters
