@@ -135,7 +135,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "TRIAGE_UA_CACHE_SIZE",
         "10000",
-        "User agents whose classification is kept, at most 1000000 (bounded in count and in bytes, 256 per"
+        f"User agents whose classification is kept, at most {MAX_UA_CACHE_SIZE} (bounded in count and in bytes, 256 per"
         " entry on average; a user agent over 1 KiB is classified every time; the cache starts over when full).",
     ),
     Variable("TRIAGE_LOG_LEVEL", "info", "The processor's own log level on stderr (debug, info, warning, error)."),
