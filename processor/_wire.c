@@ -1316,6 +1316,46 @@ done:
     return result;
 }
 
+/* prefix, then each of contents as a length-delimited field `number`: how held records are put back
+ * into ScopeLogs, ResourceLogs and a request without a call per record into Python. */
+static PyObject *wire_fields(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int number;
+    Py_buffer prefix;
+    PyObject *contents;
+    if (!PyArg_ParseTuple(args, "iy*O!", &number, &prefix, &PyList_Type, &contents))
+        return NULL;
+    PyObject *result = NULL;
+    if (number < 1 || number > 15) {
+        PyErr_SetString(PyExc_ValueError, "fields: the field number must be 1 to 15 (a one-byte tag)");
+        goto done;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(contents), size = prefix.len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *content = PyList_GET_ITEM(contents, i);
+        if (!PyBytes_Check(content)) {
+            PyErr_SetString(PyExc_TypeError, "fields: contents must be a list of bytes");
+            goto done;
+        }
+        size += 1 + varint_size((uint64_t)PyBytes_GET_SIZE(content)) + PyBytes_GET_SIZE(content);
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        goto done;
+    assembly_t a = {.out = (uint8_t *)PyBytes_AS_STRING(result)};
+    uint8_t tag = (uint8_t)(number << 3 | 2);
+    put(&a, prefix.buf, prefix.len);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *content = PyList_GET_ITEM(contents, i);
+        put(&a, &tag, 1);
+        put_varint(&a, (uint64_t)PyBytes_GET_SIZE(content));
+        put(&a, PyBytes_AS_STRING(content), PyBytes_GET_SIZE(content));
+    }
+done:
+    PyBuffer_Release(&prefix);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
      "index(payload, schema, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, user_agents, "
@@ -1326,6 +1366,8 @@ static PyMethodDef methods[] = {
      "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
     {"may_match", wire_may_match, METH_VARARGS,
      "may_match(payload, spans, records, rules) -> the records some rule may match, by the needles in their bytes"},
+    {"fields", wire_fields, METH_VARARGS,
+     "fields(number, prefix, contents) -> bytes: prefix, then each of contents (a list of bytes) as field number"},
     {"record_text", wire_record_text, METH_VARARGS,
      "record_text(record, keys) -> (severity_number, severity_text, body) if the record's body is one string and no "
      "attribute has one of keys; else None"},

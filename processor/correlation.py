@@ -143,11 +143,15 @@ class Holding:
     Only records of 16-byte trace ids are held (the only ones the trace memory learns). By trace,
     they are kept in a ``wire.TraceTable`` too: a request's new traces (a few hundred) are checked
     for waiting records in one C pass, which with a dict cost a siphash and a cache miss each.
+    Records are held a request at a time (``hold_many``): one table pass and one deadline entry per
+    request, not per record.
     """
 
     def __init__(self) -> None:
         self._by_trace = _held_table()  # trace id -> its held records, in the order they were held
-        self._by_deadline: deque[Held] = deque()  # deadlines are now + a constant window: FIFO order
+        # One list of records per hold_many, all of one deadline; deadlines are now + a constant
+        # window, so the lists are in deadline order.
+        self._by_deadline: deque[list[Held]] = deque()
         self.bytes = 0
         self.count = 0
 
@@ -162,18 +166,24 @@ class Holding:
         return self._by_trace.among(trace_ids)
 
     def hold(self, held: Held) -> None:
-        if len(held.trace_id) != TRACE_ID_SIZE:
-            raise ValueError(f"only records of {TRACE_ID_SIZE}-byte trace ids are held, not {held.trace_id!r}")
-        waiting = self._by_trace.get(held.trace_id)
-        if waiting is None:
-            # The table's expiry is not used (records leave by take_*); a distinct one per holding
-            # lets the table drop what it kept of a trace taken and held again.
-            self._by_trace.set(held.trace_id, [held], held.deadline)
-        else:
-            waiting.append(held)
-        self._by_deadline.append(held)
-        self.bytes += held.size
-        self.count += 1
+        self.hold_many([held])
+
+    def hold_many(self, helds: list[Held]) -> None:
+        """Hold records of one deadline, no earlier than any held before (one request's)."""
+        if not helds:
+            return
+        trace_ids = [held.trace_id for held in helds]
+        for trace_id in trace_ids:
+            if len(trace_id) != TRACE_ID_SIZE:
+                raise ValueError(f"only records of {TRACE_ID_SIZE}-byte trace ids are held, not {trace_id!r}")
+        by_trace = self._by_trace
+        # The table's expiry is not used (records leave by take_*); a distinct one per holding lets
+        # the table drop what it kept of a trace taken and held again.
+        for position in by_trace.learn_new(trace_ids, [[held] for held in helds], helds[0].deadline):
+            by_trace.get(trace_ids[position]).append(helds[position])  # the trace waits already
+        self._by_deadline.append(helds)
+        self.bytes += sum(held.size for held in helds)
+        self.count += len(helds)
 
     def take_trace(self, trace_id: bytes) -> list[Held]:
         taken = self._by_trace.pop(trace_id, [])
@@ -183,37 +193,29 @@ class Holding:
 
     def take_expired(self, now: float) -> list[Held]:
         taken = []
-        queue = self._by_deadline
+        by_deadline = self._by_deadline
         by_trace = self._by_trace
-        while queue and (queue[0].released or queue[0].deadline <= now):
-            held = queue.popleft()
-            if held.released:
-                continue
-            waiting = by_trace.get(held.trace_id)
-            if waiting is not None:
-                if len(waiting) == 1:  # the usual case: the trace's only held record
-                    by_trace.pop(held.trace_id)
-                else:
+        while by_deadline and by_deadline[0][0].deadline <= now:
+            for held in by_deadline.popleft():
+                if held.released:
+                    continue
+                waiting = by_trace.pop(held.trace_id, None)
+                if waiting is not None and len(waiting) > 1:  # the trace's records held later stay
                     waiting.remove(held)
-            held.released = True
-            taken.append(held)
+                    by_trace.set(held.trace_id, waiting, waiting[0].deadline)
+                held.released = True
+                taken.append(held)
         self.bytes -= sum(held.size for held in taken)
         self.count -= len(taken)
         return taken
 
     def take_all(self) -> list[Held]:
-        taken = [h for h in self._by_deadline if not h.released]
+        taken = [held for helds in self._by_deadline for held in helds if not held.released]
         for held in taken:
             self._release(held)
         self._by_trace = _held_table()
         self._by_deadline.clear()
         return taken
-
-    def next_deadline(self) -> float | None:
-        for held in self._by_deadline:
-            if not held.released:
-                return held.deadline
-        return None
 
     def _release(self, held: Held) -> None:
         held.released = True

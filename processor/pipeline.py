@@ -338,13 +338,14 @@ class Pipeline:
         groups = found.groups
         firsts = [group[3] for group in groups]
         held_groups: dict[int, HeldGroup] = {}  # one per ScopeLogs of this request
+        helds = []
         for index, trace_id, severity_fields, serialized, has_synthetic_type, rule in waiting:
             g = bisect_right(firsts, index) - 1
             group = held_groups.get(g)
             if group is None:
                 which, resource_logs, scope_logs, _, _ = groups[g]  # both without their children
                 group = held_groups[g] = HeldGroup(resource_logs, scope_logs, found.resources[which])
-            self.holding.hold(
+            helds.append(
                 Held(
                     trace_id,
                     serialized,
@@ -357,6 +358,7 @@ class Pipeline:
                     len(serialized) + len(group.resource_logs) + len(group.scope_logs),
                 )
             )
+        self.holding.hold_many(helds)
         return len(waiting)
 
     def release_ready(self, now: float) -> tuple[bytes, Stats] | None:
@@ -373,9 +375,6 @@ class Pipeline:
         self._ready = []
         return self._release(released, now) if released else None
 
-    def next_deadline(self) -> float | None:
-        return self.holding.next_deadline()
-
     def _release(self, released: list[Held], now: float) -> tuple[bytes, Stats]:
         """Held records as a request, each decided on what its trace is known to be now: built from
         their bytes, as ``process_wire`` builds a request, without decoding them again."""
@@ -388,21 +387,23 @@ class Pipeline:
             self.memory.expire(now)
             known = self.memory.inherited
         groups: dict[int, tuple[HeldGroup, list[bytes]]] = {}  # id(group) -> (group, its records' bytes)
+        decide = self._decide_wire
         for held in released:
             verdict = known.get(held.trace_id, UNKNOWN)
-            record = self._decide_wire(held.severity, held.record, verdict, held.has_synthetic_type, held.rule, stats)
+            record = decide(held.severity, held.record, verdict, held.has_synthetic_type, held.rule, stats)
             if held.secret:
                 record = redactor.redact_record_bytes(record, redactions)
             entry = groups.get(id(held.group))
             if entry is None:
                 entry = groups[id(held.group)] = (held.group, [])
-            entry[1].append(wire.field(2, record))  # ScopeLogs.log_records
-        request = []
-        for group, records in groups.values():
-            scope_logs = wire.field(2, group.scope_logs + b"".join(records))  # ResourceLogs.scope_logs
-            request.append(wire.field(1, self._held_resource_logs(group, redactions) + scope_logs))
+            entry[1].append(record)
+        # ResourceLogs (without children) + its ScopeLogs, which is the ScopeLogs (without children) + its records
+        request = [
+            wire.fields(2, self._held_resource_logs(group, redactions), [wire.fields(2, group.scope_logs, records)])
+            for group, records in groups.values()
+        ]
         stats.redactions = redactions
-        return b"".join(request), stats
+        return wire.fields(1, b"", request), stats
 
     def _held_resource_logs(self, group: HeldGroup, redactions: dict[str, int]) -> bytes:
         """The group's ResourceLogs (without children), its resource redacted as a forwarded one is."""

@@ -133,16 +133,10 @@ def resolve(trace_ids: list[bytes], own: dict, inherited: TraceTable, fallback) 
 UserAgentCache = _wire.UserAgentCache
 
 
-def field(number: int, content: bytes) -> bytes:
-    """A length-delimited protobuf field (``number`` < 16: a one-byte tag): its tag, the varint length
-    of ``content``, then ``content``."""
-    head = bytearray(((number << 3) | 2,))
-    size = len(content)
-    while size >= 0x80:
-        head.append(size & 0x7F | 0x80)
-        size >>= 7
-    head.append(size)
-    return bytes(head) + content
+def fields(number: int, prefix: bytes, contents: list[bytes]) -> bytes:
+    """``prefix``, then each of ``contents`` as a length-delimited field ``number`` (1 to 15), in
+    one call: a message's own fields followed by its repeated children."""
+    return _wire.fields(number, prefix, contents)
 
 
 def assemble(payload: bytes, records: list, resources: dict[int, bytes] | None = None) -> bytes:

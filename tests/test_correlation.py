@@ -261,6 +261,47 @@ def test_holding_finds_the_traces_still_waiting_among_a_requests() -> None:
     assert holding.waiting_among(asked) == [] and len(holding) == 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("hold"), st.lists(st.integers(0, 5), max_size=6)),
+            st.tuples(st.just("take"), st.integers(0, 5)),
+            st.tuples(st.just("expire"), st.integers(0, 5)),
+        ),
+        max_size=40,
+    )
+)
+def test_holding_a_request_at_a_time_agrees_with_a_list_of_records(steps) -> None:
+    """``hold_many`` (a request's records, one deadline) against a plain list: each record leaves
+    once, by its trace's evidence (every record of the trace, in the order held) or by its deadline
+    (in the order held), and the counts and bytes come back to zero."""
+    holding = Holding()
+    group = HeldGroup(b"", b"", b"")
+    model: list[Held] = []  # still held, in the order held
+    now = 0.0
+    for step, argument in steps:
+        if step == "hold":
+            now += 1.0
+            helds = [Held(trace(t), b"r" * t, group, (17, "ERROR"), None, False, False, now + 2.0, t + 1) for t in argument]
+            holding.hold_many(helds)
+            model.extend(helds)
+        elif step == "take":
+            expected = [held for held in model if held.trace_id == trace(argument)]
+            assert holding.take_trace(trace(argument)) == expected
+            model = [held for held in model if held not in expected]
+        else:
+            now += argument
+            expected = [held for held in model if held.deadline <= now]
+            assert holding.take_expired(now) == expected
+            model = [held for held in model if held not in expected]
+        assert len(holding) == len(model) and holding.bytes == sum(held.size for held in model)
+        asked = [trace(t) for t in range(6)]
+        assert holding.waiting_among(asked) == sorted({t for t in range(6) if any(h.trace_id == trace(t) for h in model)})
+    assert holding.take_all() == model
+    assert len(holding) == 0 and holding.bytes == 0
+
+
 def test_holding_refuses_a_trace_id_it_could_not_find_again() -> None:
     """Only 16-byte trace ids are held (the pipeline holds no other): another is refused, not lost."""
     holding = Holding()

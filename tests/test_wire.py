@@ -781,3 +781,28 @@ def test_more_evidence_keys_than_index_takes_are_refused_at_start_up() -> None:
     )
     with pytest.raises(CatalogError, match="TRIAGE_SIGNATURES_FILE"):
         EvidenceReader(Classifier(signatures), Redactor((), ()))
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 2_097_152])
+def test_fields_encodes_repeated_children_as_protobuf_does(size: int) -> None:
+    """``fields`` is how held records are put back into a request: a ScopeLogs built from its own
+    bytes and its records' is the one protobuf serializes, whatever the varint length of a child."""
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+    from opentelemetry.proto.logs.v1.logs_pb2 import ScopeLogs
+
+    records = [LogRecord(body=AnyValue(string_value="x" * size)), LogRecord(), LogRecord(severity_number=17)]
+    own = ScopeLogs(scope=InstrumentationScope(name="pino"), schema_url="s")
+    expected = ScopeLogs(scope=own.scope, schema_url="s", log_records=records).SerializeToString()
+    built = wire.fields(2, own.SerializeToString(), [r.SerializeToString() for r in records])
+    assert ScopeLogs.FromString(built) == ScopeLogs.FromString(expected)
+    assert len(built) == len(expected)
+    assert wire.fields(2, b"", []) == b""
+
+
+def test_fields_refuses_what_it_cannot_encode() -> None:
+    with pytest.raises(ValueError, match="1 to 15"):
+        wire.fields(16, b"", [b"x"])
+    with pytest.raises(ValueError, match="1 to 15"):
+        wire.fields(0, b"", [b"x"])
+    with pytest.raises(TypeError, match="list of bytes"):
+        wire.fields(2, b"", [b"x", "text"])
