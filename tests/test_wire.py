@@ -689,6 +689,14 @@ def _in_record(content: bytes) -> bytes:
         # Every level the walk reads field by field, and what it hands to the whole-message check.
         _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"\xff")))),  # a value that is not UTF-8
         _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v")) + _field(1, b"\xff"))),  # a second key
+        # A value of one string_value with a one-byte length is checked apart (its UTF-8 alone): at
+        # the edge of that, and with more after the string.
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v" * 126 + b"\xff")))),
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v" * 127 + b"\xff")))),
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v" * 126 + b"\xc3\xa9")))),
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v") + _field(1, b"\xff")))),
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"v") + _tag(3, 0) + b"\x80"))),
+        _in_record(_field(6, _field(1, b"k") + _field(2, _field(1, b"\xff") + _tag(3, 0) + b"\x01"))),
         _in_record(_field(3, b"\xc0\x80")),  # severity_text
         _in_record(_field(12, b"\xff")),  # event_name
         _in_record(_field(9, b"\xff" * 16)),  # trace_id: bytes, anything goes
