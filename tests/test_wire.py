@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from processor.classify import CatalogError, Classifier, Signature
@@ -795,9 +795,6 @@ def test_more_evidence_keys_than_index_takes_are_refused_at_start_up() -> None:
 def test_fields_encodes_repeated_children_as_protobuf_does(size: int) -> None:
     """``fields`` is how held records are put back into a request: a ScopeLogs built from its own
     bytes and its records' is the one protobuf serializes, whatever the varint length of a child."""
-    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-    from opentelemetry.proto.logs.v1.logs_pb2 import ScopeLogs
-
     records = [LogRecord(body=AnyValue(string_value="x" * size)), LogRecord(), LogRecord(severity_number=17)]
     own = ScopeLogs(scope=InstrumentationScope(name="pino"), schema_url="s")
     expected = ScopeLogs(scope=own.scope, schema_url="s", log_records=records).SerializeToString()
