@@ -76,3 +76,15 @@ class TestBenchQuick:
             rounds = r["cpu_s_per_million_rounds"]
             assert len(rounds) == (1 if r["server"] == "naive SDK" else 2), r
             assert r["cpu_s_per_million"] in rounds, r
+
+    def test_held_records_are_timed_apart(self, bench):
+        """The flood's Auth0 errors are held (no record ever teaches their trace) and reach the sink
+        no earlier than the correlation window; the normal mix, whose traces are never split across
+        requests, holds none."""
+        _, document = bench
+        latency = {r["scenario"]: r["latency"] for r in document["results"]}
+        flood, normal = latency["otlp-triage grpc flood"], latency["otlp-triage grpc"]
+        assert flood["held_samples"] > 0, flood
+        assert flood["held_p50_s"] >= 2.0, flood  # TRIAGE_CORRELATION_WINDOW's default
+        assert flood["held_p99_s"] >= flood["held_p50_s"], flood
+        assert normal["held_samples"] == 0 and normal["held_p50_s"] is None, normal

@@ -3,7 +3,8 @@
 Runs in its own process so its CPU is never charged to the measured one. It serves
 ``LogsService/Export`` on gRPC (raw bytes, no deserializer) and ``POST /v1/logs`` on HTTP, and
 ``GET /stats`` with what it has received so far, ``GET /arrivals`` with when each request's
-marked record (``bench.request.id``, see workload.py) last arrived.
+marked record (``bench.request.id``, see workload.py) last arrived, and when its Auth0 errors
+(``bench.error.request.id``) last arrived without it: those were held for their trace's evidence.
 
 Counting stays cheap: one C-level protobuf parse per request for the exact record count (the
 naive SDK sends batches of its own size), and byte searches for the attributes the processor
@@ -26,7 +27,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceResponse,
 )
 from procs import HOST, announce
-from workload import REQUEST_ID_DIGITS, request_id_marker
+from workload import ERROR_REQUEST_ID, REQUEST_ID_DIGITS, request_id_marker
 
 SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -43,6 +44,18 @@ def _key_marker(key: str) -> bytes:
 ENRICHED = _key_marker("triage.source")
 DOWNGRADED = _key_marker("triage.rule")
 REQUEST_ID = request_id_marker()
+ERROR_ID = request_id_marker(ERROR_REQUEST_ID)
+
+
+def _ids(payload: bytes, marker: bytes) -> set[str]:
+    """The request ids that follow ``marker`` in ``payload``."""
+    found = set()
+    at = payload.find(marker)
+    while at >= 0:
+        at += len(marker)
+        found.add(payload[at : at + REQUEST_ID_DIGITS].decode())
+        at = payload.find(marker, at)
+    return found
 
 
 class Counts:
@@ -54,6 +67,9 @@ class Counts:
         self.bytes = 0
         self.last_at = 0.0  # time.monotonic() of the last request (one clock for every process here)
         self.arrivals: dict[str, float] = {}  # bench request id -> when its marked record last arrived
+        # bench request id -> when some of its Auth0 errors last arrived in an export without its
+        # marked record: held, and released after the request was forwarded
+        self.held_arrivals: dict[str, float] = {}
 
     def add(self, payload: bytes) -> None:
         request = ExportLogsServiceRequest.FromString(payload)
@@ -63,14 +79,14 @@ class Counts:
         self.requests += 1
         self.bytes += len(payload)
         self.last_at = now = time.monotonic()
-        at = payload.find(REQUEST_ID)
-        while at >= 0:
-            at += len(REQUEST_ID)
-            self.arrivals[payload[at : at + REQUEST_ID_DIGITS].decode()] = now
-            at = payload.find(REQUEST_ID, at)
+        requests = _ids(payload, REQUEST_ID)
+        for request_id in requests:
+            self.arrivals[request_id] = now
+        for request_id in _ids(payload, ERROR_ID) - requests:
+            self.held_arrivals[request_id] = now
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "arrivals"}
+        return {k: v for k, v in vars(self).items() if k not in ("arrivals", "held_arrivals")}
 
 
 async def main() -> None:
@@ -101,7 +117,7 @@ async def main() -> None:
         return web.json_response(counts.as_dict())
 
     async def arrivals(request: web.Request) -> web.Response:
-        return web.json_response(counts.arrivals)
+        return web.json_response({"requests": counts.arrivals, "held": counts.held_arrivals})
 
     app = web.Application(client_max_size=MAX_MESSAGE_BYTES)
     app.router.add_post("/v1/logs", logs)

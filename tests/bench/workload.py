@@ -38,6 +38,9 @@ RECORDS_PER_REQUEST = 500
 CHUNK_REQUESTS = 20  # requests per independently seeded chunk (the unit of parallel generation)
 # Each request carries its index on one record, so the sink can tell when that request arrived.
 REQUEST_ID = "bench.request.id"
+# ... and on each of its Auth0 errors, which are held when their trace's evidence is not in the
+# request (the flood): the sink times those that arrive without the request's marked record.
+ERROR_REQUEST_ID = "bench.error.request.id"
 REQUEST_ID_DIGITS = 8
 
 
@@ -45,13 +48,13 @@ def request_id(index: int) -> bytes:
     return b"%0*d" % (REQUEST_ID_DIGITS, index)
 
 
-def request_id_marker() -> bytes:
-    """How the id attribute starts on the wire; the id's digits follow it.
+def request_id_marker(key: str = REQUEST_ID) -> bytes:
+    """How the id attribute ``key`` starts on the wire; the id's digits follow it.
 
     KeyValue: 0x0a len key, 0x12 len AnyValue; AnyValue: 0x0a len string_value.
     """
-    key = REQUEST_ID.encode()
-    return bytes((0x0A, len(key))) + key + bytes((0x12, REQUEST_ID_DIGITS + 2, 0x0A, REQUEST_ID_DIGITS))
+    encoded = key.encode()
+    return bytes((0x0A, len(encoded))) + encoded + bytes((0x12, REQUEST_ID_DIGITS + 2, 0x0A, REQUEST_ID_DIGITS))
 
 
 DEFAULT_SEED = 20240611
@@ -385,6 +388,7 @@ class _Generator:
     def request(self, index: int) -> tuple[ExportLogsServiceRequest, int, int]:
         by_service: dict[str, list[LogRecord]] = {s: [] for s in _SERVICES}
         n = downgrades = 0
+        errors: list[LogRecord] = []
         while True:
             group, group_downgrades = self.trace_group()
             if n + len(group) > RECORDS_PER_REQUEST:
@@ -392,11 +396,15 @@ class _Generator:
             for service, kind, record in group:
                 by_service[service].append(record)
                 self.mix[kind] = self.mix.get(kind, 0) + 1
+                if kind.startswith("auth0_error"):
+                    errors.append(record)
             n += len(group)
             downgrades += group_downgrades
         # The request's id for latency matching, on its first access log (it has evidence: never held).
         marked = next(r for r in by_service["shop-web"] if r.attributes[0].key == "user_agent.original")
         marked.attributes.append(_s(REQUEST_ID, request_id(index).decode()))
+        for record in errors:
+            record.attributes.append(_s(ERROR_REQUEST_ID, request_id(index).decode()))
         while n < RECORDS_PER_REQUEST:  # top up with background logs of no trace
             by_service["shop-worker"].append(self.app_log(None))
             self.mix["app:background"] = self.mix.get("app:background", 0) + 1
