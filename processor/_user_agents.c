@@ -111,6 +111,8 @@ done:
 typedef struct {
     const uint8_t *p;
     Py_ssize_t n;
+    uint32_t row;      /* the state to start in (0: the root), then the state it ended in */
+    int32_t best;      /* the lowest rank found before p (NO_NEEDLE: none), then in the whole text */
 } text_t;
 
 typedef struct {
@@ -131,12 +133,13 @@ static inline void lane_found(lane_t *lane, uint32_t e, const automaton_t *a)
     }
 }
 
-/* Into found[t]: the lowest rank among the needles in texts[t], or NO_NEEDLE if there is none.
+/* Steps each of texts[] through the automaton from its row and best, and leaves in them the state
+ * it ended in and the lowest rank among the needles found (NO_NEEDLE if none).
  *
  * A DFA step waits for the one before it (a load from a table too large for L1), so one text at a
  * time leaves the core mostly idle: LANES texts are stepped together, each lane taking the next
  * text when its own ends. */
-static void needle_ranks(const text_t *texts, Py_ssize_t count, const automaton_t *a, int32_t *found)
+static void needle_ranks(text_t *texts, Py_ssize_t count, const automaton_t *a)
 {
     const uint8_t *cls = a->cls;
     const uint32_t *next = a->next;
@@ -148,15 +151,16 @@ static void needle_ranks(const text_t *texts, Py_ssize_t count, const automaton_
         int active = 0;
         for (int k = 0; k < LANES; k++) {
             if (lane[k].text >= 0 && lane[k].left == 0) {
-                found[lane[k].text] = lane[k].best;
+                texts[lane[k].text].row = lane[k].row;
+                texts[lane[k].text].best = lane[k].best;
                 lane[k].text = -1;
             }
             if (lane[k].text < 0 && taken < count) {
                 lane[k].text = taken;
                 lane[k].p = texts[taken].p;
                 lane[k].left = texts[taken].n;
-                lane[k].row = 0;
-                lane[k].best = NO_NEEDLE;
+                lane[k].row = texts[taken].row;
+                lane[k].best = texts[taken].best;
                 taken++;
             }
             active += lane[k].text >= 0;
@@ -208,6 +212,7 @@ static void needle_ranks(const text_t *texts, Py_ssize_t count, const automaton_
                 s = e & ~ENDS_NEEDLE;
                 lane_found(&lane[k], e, a);
             }
+            lane[k].row = s;
             lane[k].left = 0;
         }
     }
@@ -243,6 +248,8 @@ static int ascii_string(const uint8_t *p, Py_ssize_t n, text_t *text)
                 return 0;
             text->p = p + at;
             text->n = n - at;
+            text->row = 0;
+            text->best = NO_NEEDLE;
             return 1;
         }
     }
@@ -263,6 +270,26 @@ typedef struct {
     PyObject *verdict;        /* NULL: a free slot */
 } ua_slot_t;
 
+/* Where the automaton stood after a user agent's first bytes. New user agents mostly begin as others
+ * do ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/"),
+ * and a flood of unique ones differs in a few bytes near the end. The automaton's state (and the
+ * best needle so far) after a prefix depends on nothing else, so it is kept for prefixes of 32, 64,
+ * ... CHECKPOINT_MAX bytes: a new user agent resumes from the longest one kept and steps through
+ * the rest only. A prefix is matched by its bytes, not only its hash: a state taken from another
+ * prefix could give a real user's agent a monitor's verdict. */
+#define CHECKPOINT_STEP 32    /* a multiple of 16: prefix_hashes reads 16 bytes at a time */
+#define CHECKPOINT_MAX 256
+#define CHECKPOINT_SLOTS 1024 /* a power of two; direct-mapped by the prefix's hash */
+
+typedef struct {
+    uint64_t hash;
+    uint32_t row;             /* the automaton's state after the prefix */
+    int32_t best;             /* the lowest rank among the needles in the prefix */
+    uint16_t n;               /* the prefix's length; 0: an empty slot */
+    uint8_t hits;             /* saturating: a checkpoint that was used outlives new ones for its slot */
+    uint8_t prefix[CHECKPOINT_MAX];
+} checkpoint_t;
+
 typedef struct {
     PyObject_HEAD
     ua_slot_t *slots;
@@ -274,6 +301,8 @@ typedef struct {
     PyObject *automaton;      /* the capsule, or None: then every new user agent goes to the fallback */
     const automaton_t *a;
     PyObject *tables;         /* list: per key id, its verdicts by needle rank, the no-needle one last */
+    checkpoint_t *checkpoints; /* CHECKPOINT_SLOTS, made with the first new user agent */
+    Py_ssize_t resumed;       /* new user agents stepped from a checkpoint, not from their start */
 } Cache;
 
 static PyTypeObject CacheType;
@@ -416,6 +445,107 @@ static PyObject *by_rank(const Cache *c, int id, int32_t rank)
     return PyList_GET_ITEM(table, rank == NO_NEEDLE ? last : rank);
 }
 
+/* Hashes of the prefixes of p of 1, 2, ... levels checkpoints (CHECKPOINT_STEP bytes each) into h[]. */
+static void prefix_hashes(const Cache *c, const uint8_t *p, int levels, uint64_t *h)
+{
+    uint64_t x = c->seed[1], a, b;
+    for (int l = 0; l < levels; l++) {
+        for (int i = 0; i < CHECKPOINT_STEP; i += 16) {
+            memcpy(&a, p + l * CHECKPOINT_STEP + i, 8);
+            memcpy(&b, p + l * CHECKPOINT_STEP + i + 8, 8);
+            x = mum(a ^ c->seed[0] ^ x, b ^ c->seed[1]);
+        }
+        h[l] = mum(x ^ (uint64_t)(l + 1), c->seed[0] ^ 0x9E3779B97F4A7C15ULL);
+    }
+}
+
+static void keep_checkpoint(Cache *c, uint64_t h, const uint8_t *prefix, Py_ssize_t n, const text_t *state)
+{
+    checkpoint_t *k = &c->checkpoints[h & (CHECKPOINT_SLOTS - 1)];
+    if (k->n != 0 && k->hits > 0) {
+        k->hits--; /* a used checkpoint gives way only after as many new ones as it was used */
+        return;
+    }
+    k->hash = h;
+    k->row = state->row;
+    k->best = state->best;
+    k->n = (uint16_t)n;
+    k->hits = 0;
+    memcpy(k->prefix, prefix, (size_t)n);
+}
+
+/* needle_ranks over new user agents (each from the root), resuming each from the longest checkpoint
+ * kept for its beginning; a text is stepped to one checkpoint past that first, which is kept, then
+ * on to its end. So a beginning that comes again is kept a step deeper each time, up to where the
+ * user agents that share it part. 0, or -1 with MemoryError. */
+static int classify_texts(Cache *c, text_t *texts, Py_ssize_t count)
+{
+    if (c->checkpoints == NULL && (c->checkpoints = PyMem_Calloc(CHECKPOINT_SLOTS, sizeof(checkpoint_t))) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t *deeper = PyMem_Malloc((size_t)count * sizeof *deeper); /* texts that keep a checkpoint */
+    Py_ssize_t *start = PyMem_Malloc((size_t)count * sizeof *start);   /* where their first run starts */
+    uint64_t *hash = PyMem_Malloc((size_t)count * sizeof *hash);       /* the hash of the prefix kept */
+    text_t *rest = PyMem_Malloc((size_t)count * sizeof *rest);         /* their second runs */
+    if (deeper == NULL || start == NULL || hash == NULL || rest == NULL) {
+        PyMem_Free(deeper);
+        PyMem_Free(start);
+        PyMem_Free(hash);
+        PyMem_Free(rest);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t keeping = 0;
+    for (Py_ssize_t t = 0; t < count; t++) {
+        text_t *x = &texts[t];
+        int levels = (int)((x->n < CHECKPOINT_MAX ? x->n : CHECKPOINT_MAX) / CHECKPOINT_STEP), from = 0;
+        if (levels == 0)
+            continue;
+        uint64_t h[CHECKPOINT_MAX / CHECKPOINT_STEP];
+        prefix_hashes(c, x->p, levels, h);
+        for (int l = levels; l > 0; l--) {
+            checkpoint_t *k = &c->checkpoints[h[l - 1] & (CHECKPOINT_SLOTS - 1)];
+            if (k->n == l * CHECKPOINT_STEP && k->hash == h[l - 1] && memcmp(k->prefix, x->p, (size_t)k->n) == 0) {
+                x->row = k->row;
+                x->best = k->best;
+                if (k->hits < UINT8_MAX)
+                    k->hits++;
+                c->resumed++;
+                from = l;
+                break;
+            }
+        }
+        Py_ssize_t skip = (Py_ssize_t)from * CHECKPOINT_STEP;
+        x->p += skip;
+        x->n -= skip;
+        if (from < levels) { /* the first run ends at the next checkpoint */
+            deeper[keeping] = t;
+            start[keeping] = skip;
+            hash[keeping] = h[from];
+            rest[keeping].p = x->p + CHECKPOINT_STEP;
+            rest[keeping].n = x->n - CHECKPOINT_STEP;
+            keeping++;
+            x->n = CHECKPOINT_STEP;
+        }
+    }
+    needle_ranks(texts, count, c->a);
+    for (Py_ssize_t j = 0; j < keeping; j++) {
+        const text_t *x = &texts[deeper[j]];
+        keep_checkpoint(c, hash[j], x->p - start[j], start[j] + CHECKPOINT_STEP, x);
+        rest[j].row = x->row;
+        rest[j].best = x->best;
+    }
+    needle_ranks(rest, keeping, c->a);
+    for (Py_ssize_t j = 0; j < keeping; j++)
+        texts[deeper[j]].best = rest[j].best;
+    PyMem_Free(deeper);
+    PyMem_Free(start);
+    PyMem_Free(hash);
+    PyMem_Free(rest);
+    return 0;
+}
+
 static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *names[] = {"max_entries", "seed", "automaton", "tables", NULL};
@@ -459,6 +589,7 @@ static void cache_dealloc(Cache *c)
             Py_XDECREF(c->slots[i].verdict);
     PyMem_Free(c->slots);
     PyMem_Free(c->store);
+    PyMem_Free(c->checkpoints);
     Py_XDECREF(c->automaton);
     Py_XDECREF(c->tables);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -496,7 +627,6 @@ static PyObject *cache_verdicts(Cache *c, PyObject *args)
     uint64_t *hash = NULL;
     Py_ssize_t *miss = NULL, *texts_of = NULL;
     text_t *texts = NULL;
-    int32_t *ranks = NULL;
     Py_ssize_t n = entries.len / (Py_ssize_t)sizeof(ua_entry_t), misses = 0, count = 0;
     const uint8_t *buf = payload.buf;
     if (entries.len % (Py_ssize_t)sizeof(ua_entry_t) != 0) {
@@ -534,8 +664,7 @@ static PyObject *cache_verdicts(Cache *c, PyObject *args)
     if (misses > 0) {
         texts = PyMem_Malloc((size_t)misses * sizeof *texts);
         texts_of = PyMem_Malloc((size_t)misses * sizeof *texts_of);
-        ranks = PyMem_Malloc((size_t)misses * sizeof *ranks);
-        if (texts == NULL || texts_of == NULL || ranks == NULL) {
+        if (texts == NULL || texts_of == NULL) {
             PyErr_NoMemory();
             goto done;
         }
@@ -545,8 +674,8 @@ static PyObject *cache_verdicts(Cache *c, PyObject *args)
             if (c->a != NULL && ascii_string(buf + x->start, x->end - x->start, &texts[count]))
                 texts_of[m] = count++;
         }
-        if (count > 0)
-            needle_ranks(texts, count, c->a, ranks);
+        if (count > 0 && classify_texts(c, texts, count) < 0)
+            goto done;
         for (Py_ssize_t m = 0; m < misses; m++) {
             Py_ssize_t i = miss[m];
             const uint8_t *p = buf + e[i].start;
@@ -558,7 +687,7 @@ static PyObject *cache_verdicts(Cache *c, PyObject *args)
                 continue;
             }
             if (texts_of[m] >= 0) {
-                PyObject *found = by_rank(c, id, ranks[texts_of[m]]);
+                PyObject *found = by_rank(c, id, texts[texts_of[m]].best);
                 if (found == NULL)
                     goto done;
                 verdict[i] = Py_NewRef(found);
@@ -609,7 +738,6 @@ done:
     PyMem_Free(miss);
     PyMem_Free(texts);
     PyMem_Free(texts_of);
-    PyMem_Free(ranks);
     PyBuffer_Release(&payload);
     PyBuffer_Release(&entries);
     return own;
@@ -652,6 +780,8 @@ static PyMethodDef cache_methods[] = {
 static PyMemberDef cache_members[] = {
     {"max_entries", T_PYSSIZET, offsetof(Cache, max_entries), READONLY, "entries kept at most"},
     {"cleared", T_PYSSIZET, offsetof(Cache, cleared), READONLY, "times the cache started over"},
+    {"resumed", T_PYSSIZET, offsetof(Cache, resumed), READONLY,
+     "new user agents the automaton resumed from a checkpoint kept for their beginning"},
     {"key_bytes", T_PYSSIZET, offsetof(Cache, store_used), READONLY,
      "bytes of the keys kept (at most 256 per max_entries, and 64 KiB at least)"},
     {NULL, 0, 0, 0, NULL},

@@ -69,6 +69,48 @@ def test_cache_answers_what_the_model_does(requests: list[list[str]]) -> None:
         assert all(cache.get(_key(text)) == _expected(text) for text in model)
 
 
+_PIECES = st.sampled_from(["bot", "BO", "t", "cu", "rl/", "Mozilla/", "mozil", "la/5.0 ", "x", "y" * 7, "z" * 31, " "])
+_TEXTS = st.lists(_PIECES, max_size=60).map("".join)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    st.lists(_TEXTS, min_size=1, max_size=3),
+    st.lists(st.lists(st.tuples(st.integers(0, 2), _TEXTS), min_size=1, max_size=10), min_size=1, max_size=8),
+)
+def test_resuming_from_a_checkpoint_gives_what_a_fresh_start_gives(
+    beginnings: list[str], requests: list[list[tuple[int, str]]]
+) -> None:
+    """New user agents that share beginnings (up to ~400 bytes, needles across every 32-byte
+    boundary, in the beginning or the rest) get their first needle's verdict however the automaton
+    resumed them. The cache holds 2 entries: most are new to it, its checkpoints stay."""
+    cache = _cache(max_entries=2)
+    for request in requests:
+        texts = [beginnings[i % len(beginnings)] + rest for i, rest in request]
+        texts = [t for t in texts if t]  # an empty string is not the automaton's
+        assert cache.verdicts(*_request(texts), _no_fallback) == {r: _expected(t) for r, t in enumerate(texts)}
+
+
+def test_a_beginning_seen_before_is_resumed_from_its_checkpoint() -> None:
+    """The state after a beginning is kept, a step (32 bytes) deeper each time it comes again: what was
+    found in it (a needle before the checkpoint, one across it) carries on; the rest is read."""
+    cache = _cache(max_entries=1)
+    cases = [  # (user agent, its verdict, of 4 with new ends: how many resumed)
+        ("x" * 30 + "curl/" + "y" * 100, "client", 3),  # curl/ across the 32-byte checkpoint
+        ("bot" + "x" * 100, "robot", 3),  # found before the checkpoint, nothing after
+        ("z" * 64 + "y" * 40, "nothing", 3),
+        ("z" * 64 + "y" * 20 + "Mozilla/5.0", "browser", 4),  # found in the rest only; begins as the last
+    ]
+    for text, verdict, resumed in cases:
+        before = cache.resumed
+        for n in range(4):  # the same beginning, a new end each time
+            assert cache.verdicts(*_request([f"{text} {n}"]), _no_fallback) == {0: verdict}, (text, n)
+        assert cache.resumed - before == resumed, text  # the first of a new beginning kept its first checkpoint
+    before = cache.resumed
+    assert cache.verdicts(*_request(["Z" * 64 + "y" * 40]), _no_fallback) == {0: "nothing"}
+    assert cache.resumed == before  # matched by bytes: another case is another beginning
+
+
 def test_a_full_cache_starts_over() -> None:
     cache = _cache(max_entries=3)
     cache.verdicts(*_request(["a", "b", "c"]), _no_fallback)
