@@ -57,6 +57,14 @@ typedef struct {
     uint64_t seed[2];
     Py_ssize_t max_traces;
     Py_ssize_t evicted;
+    /* For among(), which is asked about a request's few hundred new traces and in the flood finds
+     * none: a Bloom filter of the keys, 8 bits per slot (16 or more per key) in two probes, so that a
+     * trace it does not hold costs no read of the slots. Made by the first among() (a table it is
+     * never asked has none), kept up as keys come, dropped when the table grows or when as many keys
+     * left as it holds (they stay in the filter), and made again by the next among(). */
+    uint64_t *filter;
+    size_t filter_mask;     /* bits - 1 */
+    size_t filter_removed;  /* keys that left since it was made */
 } Table;
 
 static PyTypeObject TableType;
@@ -71,10 +79,35 @@ static int read_key(PyObject *trace_id, trace_key *key)
 
 /* Keyed by a random seed: trace ids come from outside, and ids chosen to collide would make long
  * probe runs. One 64x64->128-bit multiplication, folded, as wyhash mixes. */
-static inline size_t home(const Table *t, trace_key key)
+static inline uint64_t mix(const Table *t, trace_key key)
 {
     __uint128_t m = (__uint128_t)(key.hi ^ t->seed[0]) * (key.lo ^ t->seed[1]);
-    return (size_t)((uint64_t)m ^ (uint64_t)(m >> 64)) & t->mask;
+    return (uint64_t)m ^ (uint64_t)(m >> 64);
+}
+
+static inline size_t home(const Table *t, trace_key key)
+{
+    return (size_t)mix(t, key) & t->mask;
+}
+
+/* The filter's two bits for a key's mix: one from each half. */
+static inline void filter_add(Table *t, uint64_t m)
+{
+    size_t a = (size_t)(m >> 32) & t->filter_mask, b = (size_t)(uint32_t)m & t->filter_mask;
+    t->filter[a >> 6] |= 1ULL << (a & 63);
+    t->filter[b >> 6] |= 1ULL << (b & 63);
+}
+
+static inline int filter_may_hold(const Table *t, uint64_t m)
+{
+    size_t a = (size_t)(m >> 32) & t->filter_mask, b = (size_t)(uint32_t)m & t->filter_mask;
+    return (t->filter[a >> 6] >> (a & 63)) & (t->filter[b >> 6] >> (b & 63)) & 1;
+}
+
+static void drop_filter(Table *t)
+{
+    PyMem_Free(t->filter);
+    t->filter = NULL;
 }
 
 /* Inlined always: GCC finds a function that only prefetches pure and drops the calls to it. */
@@ -120,6 +153,7 @@ static int grow(Table *t)
         return -1;
     t->slots = slots;
     t->mask = old_size * 2 - 1;
+    drop_filter(t); /* sized by the slots */
     for (size_t i = 0; i < old_size; i++)
         if (old[i].value != NULL)
             *find(t, old[i].key) = old[i];
@@ -142,6 +176,8 @@ static void remove_slot(Table *t, slot_t *s)
     }
     t->slots[hole].value = NULL;
     t->count--;
+    if (t->filter != NULL && ++t->filter_removed > (size_t)t->count + MIN_SIZE)
+        drop_filter(t); /* more keys gone than held: made again, without them, when next needed */
     Py_DECREF(value); /* last: the table is whole again if this runs any code */
 }
 
@@ -216,6 +252,8 @@ static int put(Table *t, slot_t *s, trace_key key, PyObject *value, double until
         s->value = Py_NewRef(value);
         s->until = until;
         t->count++;
+        if (t->filter != NULL)
+            filter_add(t, mix(t, key));
         return 0;
     }
     if (s->until != until) {
@@ -264,6 +302,7 @@ static void table_dealloc(Table *t)
             Py_XDECREF(t->slots[i].value);
     free(t->slots);
     PyMem_Free(t->order);
+    PyMem_Free(t->filter);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
@@ -376,20 +415,42 @@ static PyObject *table_pop(Table *t, PyObject *const *args, Py_ssize_t n)
 }
 
 /* Positions, in order, of the trace ids the table holds; one probe each, a few asked for ahead. */
+/* The filter over the keys the table holds now: 0, or -1 with MemoryError. */
+static int make_filter(Table *t)
+{
+    size_t bits = (t->mask + 1) * 8;
+    drop_filter(t);
+    if ((t->filter = PyMem_Calloc(bits / 64, sizeof *t->filter)) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    t->filter_mask = bits - 1;
+    t->filter_removed = 0;
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->slots[i].value != NULL)
+            filter_add(t, mix(t, t->slots[i].key));
+    return 0;
+}
+
 static PyObject *table_among(Table *t, PyObject *trace_ids)
 {
     if (!PyList_Check(trace_ids)) {
         PyErr_SetString(PyExc_TypeError, "among() takes a list of trace ids");
         return NULL;
     }
+    if (t->filter == NULL && make_filter(t) < 0)
+        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(trace_ids);
     PyObject *found = PyList_New(0);
-    for (Py_ssize_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
-        prefetch_trace(t, PyList_GET_ITEM(trace_ids, i));
     for (Py_ssize_t i = 0; found != NULL && i < n; i++) {
-        if (i + PREFETCH_AHEAD < n)
-            prefetch_trace(t, PyList_GET_ITEM(trace_ids, i + PREFETCH_AHEAD));
-        if (trace_table_get((PyObject *)t, PyList_GET_ITEM(trace_ids, i)) == NULL)
+        trace_key key;
+        if (!read_key(PyList_GET_ITEM(trace_ids, i), &key))
+            continue;
+        uint64_t m = mix(t, key);
+        if (!filter_may_hold(t, m))
+            continue;
+        const slot_t *s = find(t, key);
+        if (s->value == NULL)
             continue;
         PyObject *position = PyLong_FromSsize_t(i);
         if (position == NULL || PyList_Append(found, position) < 0)

@@ -9,6 +9,7 @@ the middle of them.
 from __future__ import annotations
 
 import os
+import random
 import sys
 from collections import deque
 
@@ -145,6 +146,26 @@ def test_a_run_that_wraps_past_the_last_slot_survives_deletions_in_its_middle() 
     for now in (1.0, 3.0, 6.0, 8.0):  # forgets the oldest first: 62's run, then 0's
         assert table.expire(now) == model.expire(now)
         _agree(table, model, crowd)
+
+
+def test_among_stays_exact_while_traces_come_and_go() -> None:
+    """among() answers from a filter of the keys made at its first call, kept up as keys come, and made
+    again after the table grows or as many keys left as it holds: never missing a key it holds, and
+    every position it gives is one it holds, through all of that."""
+    table = wire.TraceTable(1 << 62, os.urandom(16))
+    held: list[bytes] = []
+    rng = random.Random(7)
+    for step in range(300):
+        new = [os.urandom(16) for _ in range(rng.randrange(0, 40))]
+        table.learn_new(new, [step] * len(new), float(step))
+        held += new
+        for trace_id in rng.sample(held, k=min(len(held), rng.randrange(0, 40))):  # some leave
+            assert table.pop(trace_id) is not None
+            held.remove(trace_id)
+        asked = rng.sample(held, k=min(len(held), 20)) + [os.urandom(16) for _ in range(200)]
+        rng.shuffle(asked)
+        assert table.among(asked) == [i for i, trace_id in enumerate(asked) if trace_id in set(held)], step
+    assert len(table) == len(held)
 
 
 def test_grows_past_its_first_size_and_keeps_every_trace() -> None:
