@@ -281,13 +281,15 @@ typedef struct {
 #define CHECKPOINT_MAX 256
 #define CHECKPOINT_SLOTS 1024 /* a power of two; direct-mapped by the prefix's hash */
 
+/* A new user agent probes a slot per level, most of them for a prefix never kept: the slots are
+ * small (24 KiB in all, cache-resident), and a prefix's bytes, read only when its hash matches,
+ * lie apart (prefixes[slot]). */
 typedef struct {
     uint64_t hash;
     uint32_t row;             /* the automaton's state after the prefix */
     int32_t best;             /* the lowest rank among the needles in the prefix */
     uint16_t n;               /* the prefix's length; 0: an empty slot */
     uint8_t hits;             /* saturating: a checkpoint that was used outlives new ones for its slot */
-    uint8_t prefix[CHECKPOINT_MAX];
 } checkpoint_t;
 
 typedef struct {
@@ -302,6 +304,7 @@ typedef struct {
     const automaton_t *a;
     PyObject *tables;         /* list: per key id, its verdicts by needle rank, the no-needle one last */
     checkpoint_t *checkpoints; /* CHECKPOINT_SLOTS, made with the first new user agent */
+    uint8_t (*prefixes)[CHECKPOINT_MAX]; /* each slot's prefix bytes */
     Py_ssize_t resumed;       /* new user agents stepped from a checkpoint, not from their start */
 } Cache;
 
@@ -461,7 +464,8 @@ static void prefix_hashes(const Cache *c, const uint8_t *p, int levels, uint64_t
 
 static void keep_checkpoint(Cache *c, uint64_t h, const uint8_t *prefix, Py_ssize_t n, const text_t *state)
 {
-    checkpoint_t *k = &c->checkpoints[h & (CHECKPOINT_SLOTS - 1)];
+    size_t slot = h & (CHECKPOINT_SLOTS - 1);
+    checkpoint_t *k = &c->checkpoints[slot];
     if (k->n != 0 && k->hits > 0) {
         k->hits--; /* a used checkpoint gives way only after as many new ones as it was used */
         return;
@@ -471,7 +475,7 @@ static void keep_checkpoint(Cache *c, uint64_t h, const uint8_t *prefix, Py_ssiz
     k->best = state->best;
     k->n = (uint16_t)n;
     k->hits = 0;
-    memcpy(k->prefix, prefix, (size_t)n);
+    memcpy(c->prefixes[slot], prefix, (size_t)n);
 }
 
 /* needle_ranks over new user agents (each from the root), resuming each from the longest checkpoint
@@ -480,9 +484,17 @@ static void keep_checkpoint(Cache *c, uint64_t h, const uint8_t *prefix, Py_ssiz
  * user agents that share it part. 0, or -1 with MemoryError. */
 static int classify_texts(Cache *c, text_t *texts, Py_ssize_t count)
 {
-    if (c->checkpoints == NULL && (c->checkpoints = PyMem_Calloc(CHECKPOINT_SLOTS, sizeof(checkpoint_t))) == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    if (c->checkpoints == NULL) {
+        c->checkpoints = PyMem_Calloc(CHECKPOINT_SLOTS, sizeof *c->checkpoints);
+        c->prefixes = PyMem_Malloc(CHECKPOINT_SLOTS * sizeof *c->prefixes);
+        if (c->checkpoints == NULL || c->prefixes == NULL) {
+            PyMem_Free(c->checkpoints);
+            PyMem_Free(c->prefixes);
+            c->checkpoints = NULL;
+            c->prefixes = NULL;
+            PyErr_NoMemory();
+            return -1;
+        }
     }
     Py_ssize_t *deeper = PyMem_Malloc((size_t)count * sizeof *deeper); /* texts that keep a checkpoint */
     Py_ssize_t *start = PyMem_Malloc((size_t)count * sizeof *start);   /* where their first run starts */
@@ -505,8 +517,9 @@ static int classify_texts(Cache *c, text_t *texts, Py_ssize_t count)
         uint64_t h[CHECKPOINT_MAX / CHECKPOINT_STEP];
         prefix_hashes(c, x->p, levels, h);
         for (int l = levels; l > 0; l--) {
-            checkpoint_t *k = &c->checkpoints[h[l - 1] & (CHECKPOINT_SLOTS - 1)];
-            if (k->n == l * CHECKPOINT_STEP && k->hash == h[l - 1] && memcmp(k->prefix, x->p, (size_t)k->n) == 0) {
+            size_t slot = h[l - 1] & (CHECKPOINT_SLOTS - 1);
+            checkpoint_t *k = &c->checkpoints[slot];
+            if (k->n == l * CHECKPOINT_STEP && k->hash == h[l - 1] && memcmp(c->prefixes[slot], x->p, (size_t)k->n) == 0) {
                 x->row = k->row;
                 x->best = k->best;
                 if (k->hits < UINT8_MAX)
@@ -590,6 +603,7 @@ static void cache_dealloc(Cache *c)
     PyMem_Free(c->slots);
     PyMem_Free(c->store);
     PyMem_Free(c->checkpoints);
+    PyMem_Free(c->prefixes);
     Py_XDECREF(c->automaton);
     Py_XDECREF(c->tables);
     Py_TYPE(c)->tp_free((PyObject *)c);
