@@ -414,7 +414,6 @@ static PyObject *table_pop(Table *t, PyObject *const *args, Py_ssize_t n)
     return value;
 }
 
-/* Positions, in order, of the trace ids the table holds; one probe each, a few asked for ahead. */
 /* The filter over the keys the table holds now: 0, or -1 with MemoryError. */
 static int make_filter(Table *t)
 {
@@ -432,6 +431,8 @@ static int make_filter(Table *t)
     return 0;
 }
 
+/* Positions, in order, of the trace ids the table holds: the filter first, and a probe of the slots
+ * only for those it may hold. */
 static PyObject *table_among(Table *t, PyObject *trace_ids)
 {
     if (!PyList_Check(trace_ids)) {
