@@ -55,7 +55,7 @@ DEFAULT_RECORDS = 1_000_000
 # This machine's speed drifts by tens of percent within minutes: every scenario runs this many times,
 # interleaved, and the table reports the median round (and the spread). The naive pipeline runs once:
 # it costs ~50x the others, which no drift changes.
-DEFAULT_ROUNDS = 5  # the machine drifts by tens of percent within minutes: medians of 5 move less than of 3
+DEFAULT_ROUNDS = 5
 QUICK_RECORDS = 20_000
 WARMUP_REQUESTS = 4
 CONCURRENCY = 4  # requests in flight from the sender
