@@ -414,11 +414,10 @@ static PyObject *table_pop(Table *t, PyObject *const *args, Py_ssize_t n)
     return value;
 }
 
-/* The filter over the keys the table holds now: 0, or -1 with MemoryError. */
+/* The filter over the keys the table holds now, for a table without one: 0, or -1 with MemoryError. */
 static int make_filter(Table *t)
 {
     size_t bits = (t->mask + 1) * 8;
-    drop_filter(t);
     if ((t->filter = PyMem_Calloc(bits / 64, sizeof *t->filter)) == NULL) {
         PyErr_NoMemory();
         return -1;
