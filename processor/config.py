@@ -129,7 +129,13 @@ VARIABLES: tuple[Variable, ...] = (
         "always",
         "always: fsync each commit (survives power loss); never: leave it to the OS (survives a killed process).",
     ),
-    Variable("TRIAGE_EXPORT_CONCURRENCY", "4", "Export requests in flight to the backend at once."),
+    Variable("TRIAGE_EXPORT_CONCURRENCY", "2", "Export calls in flight to the backend at once."),
+    Variable(
+        "TRIAGE_EXPORT_MAX_BYTES",
+        str(4 * MiB),
+        "Largest export call: requests waiting for a free export worker go out together up to this size"
+        " (a larger request goes alone). Lower it if the backend accepts less.",
+    ),
     Variable("TRIAGE_RETRY_MAX_INTERVAL", "30", "Longest wait in seconds between export retries (backoff cap)."),
     Variable("TRIAGE_SHUTDOWN_TIMEOUT", "20", "Seconds to drain the queue to the backend after SIGTERM."),
     Variable(
@@ -225,6 +231,7 @@ class Config:
     queue_max_bytes: int
     queue_fsync: str
     export_concurrency: int
+    export_max_bytes: int
     retry_max_interval_s: float
     shutdown_timeout_s: float
     ua_cache_size: int
@@ -267,6 +274,7 @@ class Config:
             queue_max_bytes=reader.get("TRIAGE_QUEUE_MAX_BYTES", _positive_int),
             queue_fsync=reader.get("TRIAGE_QUEUE_FSYNC", _one_of("always", "never")),
             export_concurrency=reader.get("TRIAGE_EXPORT_CONCURRENCY", _positive_int),
+            export_max_bytes=reader.get("TRIAGE_EXPORT_MAX_BYTES", _positive_int),
             retry_max_interval_s=reader.get("TRIAGE_RETRY_MAX_INTERVAL", _positive_float),
             shutdown_timeout_s=reader.get("TRIAGE_SHUTDOWN_TIMEOUT", _positive_float),
             ua_cache_size=reader.get("TRIAGE_UA_CACHE_SIZE", _positive_int_at_most(MAX_UA_CACHE_SIZE)),

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "queue.sqlite"
 _GROUP_MAX = 512  # puts and deletes per transaction at most
+_READ_MAX = 512  # batches read in one query at most (SQLite bounds a statement's parameters)
 
 
 class QueueDirError(Exception):
@@ -146,12 +147,36 @@ class DiskQueue(QueueAccounting):
             raise
         return Batch(payload, entry[1], entry[0])
 
+    async def get_waiting(self, max_bytes: int) -> list[Batch]:
+        """The batches next in line, without waiting for any, while together they fit in ``max_bytes``:
+        read in one go."""
+        entries = []
+        index = self._index
+        while index and index[0][2] <= max_bytes and len(entries) < _READ_MAX:
+            max_bytes -= index[0][2]
+            entries.append(index.popleft())
+        if not entries:
+            return []
+        try:
+            payloads = await asyncio.to_thread(self._read_many, [entry[0] for entry in entries])
+        except BaseException:
+            index.extendleft(reversed(entries))  # not lost: the next get() tries them again
+            raise
+        return [Batch(payload, records, row_id) for payload, (row_id, records, _) in zip(payloads, entries)]
+
     def _read(self, row_id: int) -> bytes:
+        return self._read_many([row_id])[0]
+
+    def _read_many(self, row_ids: list[int]) -> list[bytes]:
         # Export workers read concurrently from worker threads; one sqlite3 connection must not be
         # used by two threads at once.
         with self._read_lock:
-            row = self._reader.execute("SELECT payload FROM batches WHERE id = ?", (row_id,)).fetchone()
-        return row[0]
+            rows = dict(
+                self._reader.execute(
+                    f"SELECT id, payload FROM batches WHERE id IN ({','.join('?' * len(row_ids))})", row_ids
+                ).fetchall()
+            )
+        return [rows[row_id] for row_id in row_ids]
 
     def done(self, batch: Batch) -> None:
         self._ops.put(("delete", batch.id, None))

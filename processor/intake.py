@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 PROTOBUF = "protobuf"
 JSON = "json"
-# Released records join the request being forwarded only while both stay under gRPC's default
-# largest message (4 MiB): a merge must not make a request the backend refuses.
+# Released records join the request being forwarded only while both stay under the largest export
+# call (TRIAGE_EXPORT_MAX_BYTES; by default gRPC's default largest message): a merge must not make a
+# request the backend refuses.
 MERGE_LIMIT_BYTES = 4 * 1024 * 1024
 RETRY_QUEUE_S = 1.0  # released records that the queue could not take are offered again after this
 
@@ -110,8 +111,10 @@ class Intake:
         metrics: Metrics,
         memory_limit: int,
         limits: Limits | None = None,
+        merge_limit_bytes: int | None = None,
     ):
         self.pipeline = pipeline
+        self.merge_limit_bytes = MERGE_LIMIT_BYTES if merge_limit_bytes is None else merge_limit_bytes
         self.queue = queue
         self.metrics = metrics
         self.memory_limit = memory_limit
@@ -149,7 +152,7 @@ class Intake:
             batch = Batch(forward, stats.records)
             # Two serialized requests end to end are one request with both's resource_logs: one
             # export call instead of two (with held records, nearly every request releases some).
-            together = released is not None and len(forward) + len(released.payload) <= MERGE_LIMIT_BYTES
+            together = released is not None and len(forward) + len(released.payload) <= self.merge_limit_bytes
             if together:
                 batch = Batch(forward + released.payload, stats.records + released.records)
             try:

@@ -75,6 +75,15 @@ class BoundedQueue(QueueAccounting):
             await self._wakeup.wait()
         return self._items.popleft()
 
+    async def get_waiting(self, max_bytes: int) -> list[Batch]:
+        """The batches next in line, without waiting for any, while together they fit in ``max_bytes``."""
+        taken = []
+        items = self._items
+        while items and len(items[0].payload) <= max_bytes:
+            max_bytes -= len(items[0].payload)
+            taken.append(items.popleft())
+        return taken
+
     def done(self, batch: Batch) -> None:
         """The batch is finished with (delivered, or given up and counted): release its room."""
         self._count_out(len(batch.payload), batch.records)

@@ -77,7 +77,9 @@ class Service:
         else:
             self.queue = BoundedQueue(config.memory_limit_bytes)
         limits = Limits(config.max_records_per_request, config.max_attributes_per_record, config.max_record_bytes)
-        self.intake = Intake(self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits)
+        self.intake = Intake(
+            self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits, config.export_max_bytes
+        )
         # On SIGTERM, how long calls in flight get to finish before the drain: a quarter of the
         # shutdown timeout, at most 5 s (the rest is for delivering what is queued).
         self.receiver_grace_s = min(5.0, config.shutdown_timeout_s / 4)
@@ -91,7 +93,12 @@ class Service:
         self.watcher = FileWatcher(watched, self.reload_security) if watched else None
         self.transport = transport or make_transport(config.exporter)
         self.exporter = Exporter(
-            self.transport, self.queue, self.metrics, config.export_concurrency, config.retry_max_interval_s
+            self.transport,
+            self.queue,
+            self.metrics,
+            config.export_concurrency,
+            config.retry_max_interval_s,
+            config.export_max_bytes,
         )
         self.admin = Admin(config.admin_endpoint, self.metrics)
         self.grpc = (

@@ -1,9 +1,19 @@
 """Takes processed requests off the queue and delivers them, retrying for as long as it takes.
 
+Requests waiting in the queue when a worker is free go out together, as one export call of up to
+``max_call_bytes`` (serialized requests end to end are one request with all their resource_logs).
+A call costs the processor about the same CPU whatever its size (a grpc.aio client sending the
+bench's 500-record requests: 0.74 CPU-s per million records one per call, 0.35 four per call), so
+under load calls grow and the exporter's cost falls; an idle worker still sends a lone request at
+once. Two workers (the default) keep a remote backend busy and let requests gather behind them.
+
 Retryable failures are retried with exponential backoff and jitter, honouring the server's
 Retry-After / RetryInfo; meanwhile the queue fills and receivers push back on the senders upstream,
 so nothing acknowledged is dropped. Permanent failures (bad data) and partial success are not
-retried (OTLP says so): they are counted and logged with the backend's reason.
+retried (OTLP says so): they are counted and logged with the backend's reason. A call of several
+requests that fails permanently is sent again one request at a time, so that only the requests
+the backend refuses are dropped (and a backend whose size limit is below ``max_call_bytes`` still
+gets everything).
 """
 
 from __future__ import annotations
@@ -19,16 +29,27 @@ from .transports import Permanent, Retryable, Sent
 log = logging.getLogger(__name__)
 
 INITIAL_BACKOFF_S = 0.5
+# gRPC's default largest message a server accepts: a call of joined requests must not pass it.
+DEFAULT_MAX_CALL_BYTES = 4 * 1024 * 1024
 MAX_HINT_S = 300.0  # a server's Retry-After is honoured, up to this
 
 
 class Exporter:
-    def __init__(self, transport, queue: BoundedQueue, metrics: Metrics, concurrency: int, max_interval_s: float):
+    def __init__(
+        self,
+        transport,
+        queue: BoundedQueue,
+        metrics: Metrics,
+        concurrency: int,
+        max_interval_s: float,
+        max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
+    ):
         self.transport = transport
         self.queue = queue
         self.metrics = metrics
         self.concurrency = concurrency
         self.max_interval_s = max_interval_s
+        self.max_call_bytes = max_call_bytes
         self._workers: list[asyncio.Task] = []
         self._in_flight: dict[int, Batch] = {}
 
@@ -46,13 +67,23 @@ class Exporter:
                 await asyncio.sleep(self.backoff(min(failures, 10), None))
                 continue
             failures = 0
-            self._in_flight[id(batch)] = batch
+            batches = [batch]
+            room = self.max_call_bytes - len(batch.payload)
+            if room > 0:
+                try:
+                    batches += await self.queue.get_waiting(room)
+                except Exception:  # the batches stay queued; this one goes alone
+                    log.exception("reading the batches waiting behind this one failed; sending it alone")
+            for taken in batches:
+                self._in_flight[id(taken)] = taken
             try:
-                await self.deliver(batch)
+                await self.deliver_together(batches)
             finally:
-                del self._in_flight[id(batch)]
-            # Not reached when cancelled mid-delivery: a persistent batch then stays on disk for the next start.
-            self.queue.done(batch)
+                for taken in batches:
+                    del self._in_flight[id(taken)]
+            # Not reached when cancelled mid-delivery: persistent batches then stay on disk for the next start.
+            for taken in batches:
+                self.queue.done(taken)
 
     def backoff(self, attempt: int, hint_s: float | None) -> float:
         delay = min(self.max_interval_s, INITIAL_BACKOFF_S * 2**attempt) * random.uniform(0.8, 1.2)
@@ -60,7 +91,23 @@ class Exporter:
             delay = max(delay, min(hint_s, MAX_HINT_S))
         return delay
 
-    async def deliver(self, batch: Batch) -> None:
+    async def deliver_together(self, batches: list[Batch]) -> None:
+        """``deliver`` the batches as one export call; if the backend refuses it permanently, one by one."""
+        if len(batches) == 1:
+            await self.deliver(batches[0])
+            return
+        # A copy outside the queue's memory bound: at most max_call_bytes per worker.
+        joined = Batch(b"".join(batch.payload for batch in batches), sum(batch.records for batch in batches))
+        if await self.deliver(joined, split_on_permanent=True):
+            return
+        log.warning("backend refused %d requests sent together; sending them one by one", len(batches))
+        for batch in batches:
+            await self.deliver(batch)
+
+    async def deliver(self, batch: Batch, split_on_permanent: bool = False) -> bool:
+        """Send ``batch`` until the backend answers, retrying what OTLP calls retryable; True once it has.
+        False only if it refused permanently and ``split_on_permanent``: nothing is counted as dropped
+        then, the caller sends the parts."""
         attempt = 0
         while True:
             try:
@@ -77,12 +124,14 @@ class Exporter:
                         "backend accepted the request partially: %d of %d records rejected: %s",
                         outcome.rejected, batch.records, outcome.message,
                     )
-                return
+                return True
             if isinstance(outcome, Permanent):
                 self.metrics.export_requests.labels("permanent_failure").inc()
+                if split_on_permanent:
+                    return False
                 self.metrics.records_dropped.labels("permanent_error").inc(batch.records)
                 log.error("backend refused %d records permanently, not retrying: %s", batch.records, outcome.reason)
-                return
+                return True
             self.metrics.export_requests.labels("retryable_failure").inc()
             self.metrics.export_retries.inc()
             delay = self.backoff(attempt, outcome.retry_after_s)
