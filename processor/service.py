@@ -78,7 +78,12 @@ class Service:
             self.queue = BoundedQueue(config.memory_limit_bytes)
         limits = Limits(config.max_records_per_request, config.max_attributes_per_record, config.max_record_bytes)
         self.intake = Intake(
-            self.pipeline, self.queue, self.metrics, config.memory_limit_bytes, limits, config.export_max_bytes
+            self.pipeline,
+            self.queue,
+            self.metrics,
+            config.memory_limit_bytes,
+            limits,
+            merge_limit_bytes=config.export_max_bytes,
         )
         # On SIGTERM, how long calls in flight get to finish before the drain: a quarter of the
         # shutdown timeout, at most 5 s (the rest is for delivering what is queued).

@@ -79,7 +79,9 @@ async def export(kind: str, tmp_path: Path, names: list[str], max_call_bytes: in
     queue = make_queue(kind, tmp_path)
     backend = Backend()
     metrics = Metrics()
-    exporter = Exporter(backend, queue, metrics, concurrency=1, max_interval_s=0.1, max_call_bytes=max_call_bytes)
+    exporter = Exporter(
+        backend, queue, metrics, concurrency=1, max_interval_s=0.1, max_call_bytes=max_call_bytes
+    )
     backend.gate.clear()
     exporter.start()
     try:

@@ -422,7 +422,7 @@ def test_retryable_then_permanent_backend_errors_under_load(backend, sink_factor
     load = LoadGenerator(proc.grpc_endpoint, proc.http_url, requests_per_s=40, poison_every=10).start()
     try:
         wait_for(lambda: load.acknowledged_count() >= 6_000, 15, "traffic before the burst")
-        wait_for(lambda: sink_answers(sink).get("ok", 0) > 0, 15, "the first 20 exports refused, then one taken")
+        wait_for(lambda: sink_answers(sink).get("ok", 0) > 0, 15, "the first 20 refusals, then an export")
         before_burst = len(sink.entries())
         sink.control.touch()
         time.sleep(1.5)
@@ -445,7 +445,9 @@ def test_retryable_then_permanent_backend_errors_under_load(backend, sink_factor
     refusals_logged = re.findall(
         r"backend refused (\d+) records permanently, not retrying: (.*)", proc.stderr()
     )
-    joined_refused = re.findall(r"backend refused (\d+) requests sent together; sending them one by one", proc.stderr())
+    joined_refused = re.findall(
+        r"backend refused (\d+) requests sent together; sending them one by one", proc.stderr()
+    )
     report(
         tmp_path,
         f"3 503 then 400 under load, {backend} backend",

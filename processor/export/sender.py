@@ -81,7 +81,8 @@ class Exporter:
             finally:
                 for taken in batches:
                     del self._in_flight[id(taken)]
-            # Not reached when cancelled mid-delivery: persistent batches then stay on disk for the next start.
+            # Not reached when cancelled mid-delivery: persistent batches then stay on disk for the next
+            # start.
             for taken in batches:
                 self.queue.done(taken)
 
