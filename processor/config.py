@@ -22,6 +22,8 @@ from .redact import parse_patterns as parse_redact_patterns
 
 SOURCES = ("user", "synthetic", "probe", "bot", "service", "unknown")
 MiB = 1024 * 1024
+# The largest export call by default: gRPC's default largest message a server accepts.
+DEFAULT_EXPORT_MAX_BYTES = 4 * MiB
 # The user-agent cache keeps each entry's user agent, 256 bytes per entry on average at most: a
 # million entries may hold 256 MiB.
 MAX_UA_CACHE_SIZE = 1_000_000
@@ -132,7 +134,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("TRIAGE_EXPORT_CONCURRENCY", "2", "Export calls in flight to the backend at once."),
     Variable(
         "TRIAGE_EXPORT_MAX_BYTES",
-        str(4 * MiB),
+        str(DEFAULT_EXPORT_MAX_BYTES),
         "Largest export call: requests waiting for a free export worker go out together up to this size"
         " (a larger request goes alone). Lower it if the backend accepts less.",
     ),

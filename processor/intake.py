@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from . import otlp_json, wire
+from .config import DEFAULT_EXPORT_MAX_BYTES
 from .metrics import Metrics
 from .pipeline import Pipeline, Stats
 from .queue import Batch, BoundedQueue
@@ -28,9 +29,8 @@ log = logging.getLogger(__name__)
 PROTOBUF = "protobuf"
 JSON = "json"
 # Released records join the request being forwarded only while both stay under the largest export
-# call (TRIAGE_EXPORT_MAX_BYTES; by default gRPC's default largest message): a merge must not make a
-# request the backend refuses.
-MERGE_LIMIT_BYTES = 4 * 1024 * 1024
+# call (TRIAGE_EXPORT_MAX_BYTES): a merge must not make a request the backend refuses.
+MERGE_LIMIT_BYTES = DEFAULT_EXPORT_MAX_BYTES
 RETRY_QUEUE_S = 1.0  # released records that the queue could not take are offered again after this
 
 

@@ -164,7 +164,8 @@ def test_among_stays_exact_while_traces_come_and_go() -> None:
             held.remove(trace_id)
         asked = rng.sample(held, k=min(len(held), 20)) + [os.urandom(16) for _ in range(200)]
         rng.shuffle(asked)
-        assert table.among(asked) == [i for i, trace_id in enumerate(asked) if trace_id in set(held)], step
+        holding = set(held)
+        assert table.among(asked) == [i for i, trace_id in enumerate(asked) if trace_id in holding], step
     assert len(table) == len(held)
 
 

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import random
 
+from ..config import DEFAULT_EXPORT_MAX_BYTES
 from ..metrics import Metrics
 from ..queue import Batch, BoundedQueue
 from .transports import Permanent, Retryable, Sent
@@ -29,8 +30,6 @@ from .transports import Permanent, Retryable, Sent
 log = logging.getLogger(__name__)
 
 INITIAL_BACKOFF_S = 0.5
-# gRPC's default largest message a server accepts: a call of joined requests must not pass it.
-DEFAULT_MAX_CALL_BYTES = 4 * 1024 * 1024
 MAX_HINT_S = 300.0  # a server's Retry-After is honoured, up to this
 
 
@@ -42,7 +41,7 @@ class Exporter:
         metrics: Metrics,
         concurrency: int,
         max_interval_s: float,
-        max_call_bytes: int = DEFAULT_MAX_CALL_BYTES,
+        max_call_bytes: int = DEFAULT_EXPORT_MAX_BYTES,
     ):
         self.transport = transport
         self.queue = queue
