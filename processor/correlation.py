@@ -12,6 +12,7 @@ Pure data structures: the caller passes ``now`` (monotonic seconds), so tests ne
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -122,36 +123,48 @@ class HeldGroup:
 
 
 @dataclass(eq=False, slots=True)
-class Held:
-    """A record waiting for its trace's evidence: its bytes as they came, and what its release needs."""
+class HeldBatch:
+    """The records held from one request: they share a deadline, so they wait, and mostly leave,
+    together. One object per request, not per record: a flood of errors that never get evidence
+    holds thousands of records, and every object per record cost allocations, collections and
+    Python steps on the way in and out. ``Holding`` reads ``trace_ids``, ``sizes`` and ``deadline``;
+    the rest is the holder's, per position."""
 
-    trace_id: bytes
-    record: bytes  # the serialized LogRecord
-    group: HeldGroup  # shared by the records held from one ScopeLogs of one request
-    severity: tuple[int, str]  # its severity_number and severity_text, which a downgrade keeps
-    rule: object  # the Rule that matched it
-    has_synthetic_type: bool
-    secret: bool  # may hold something to redact: redacted when released
+    trace_ids: list[bytes]  # per record; 16 bytes each
+    sizes: list[int]  # per record, what it counts against the memory bound
     deadline: float
-    size: int
-    released: bool = field(default=False)
+    records: list  # per record, what its release needs (the pipeline's: Pipeline._hold)
+    groups: list = field(default_factory=list)  # (first position, HeldGroup): the ScopeLogs they came in, in order
+    secrets: frozenset[int] = frozenset()  # positions that may hold something to redact
+    typed: bool = False  # whether any record already has user_agent.synthetic.type
+    size: int = 0  # sum(sizes), set by Holding
+    taken: set[int] | None = None  # positions that left early, with their trace's evidence
+
+    def group_of(self, position: int) -> HeldGroup:
+        return self.groups[bisect_right(self.groups, position, key=_first) - 1][1]
+
+
+def _first(run: tuple) -> int:
+    return run[0]
 
 
 class Holding:
     """Held records by trace and by deadline; bounded by the caller's memory accounting (``bytes``).
 
-    Only records of 16-byte trace ids are held (the only ones the trace memory learns). By trace,
-    they are kept in a ``wire.TraceTable`` too: a request's new traces (a few hundred) are checked
-    for waiting records in one C pass, which with a dict cost a siphash and a cache miss each.
-    Records are held a request at a time (``hold_many``): one table pass and one deadline entry per
-    request, not per record.
+    Records come and go a request at a time (``HeldBatch``): holding one is one table pass and one
+    deadline entry, and a batch whose window ends leaves whole. Only records of 16-byte trace ids
+    are held (the only ones the trace memory learns). By trace they are kept in a
+    ``wire.TraceTable``: a request's new traces (a few hundred) are checked for waiting records in
+    one C pass, which with a dict cost a siphash and a cache miss each. The table holds a trace's
+    first batch; a trace with records waiting in later batches too (rare: an error repeated in
+    another request before any evidence) has those in ``_later``.
     """
 
     def __init__(self) -> None:
-        self._by_trace = _held_table()  # trace id -> its held records, in the order they were held
-        # One list of records per hold_many, all of one deadline; deadlines are now + a constant
-        # window, so the lists are in deadline order.
-        self._by_deadline: deque[list[Held]] = deque()
+        self._by_trace = _held_table()  # trace id -> the first batch with its records waiting
+        self._later: dict[bytes, list[HeldBatch]] = {}  # trace id -> later batches with its records waiting
+        # Deadlines are now + a constant window, so batches come in deadline order.
+        self._by_deadline: deque[HeldBatch] = deque()
         self.bytes = 0
         self.count = 0
 
@@ -165,59 +178,87 @@ class Holding:
         """The positions, in order, of those of ``trace_ids`` that have records waiting (one C pass)."""
         return self._by_trace.among(trace_ids)
 
-    def hold(self, held: Held) -> None:
-        self.hold_many([held])
-
-    def hold_many(self, helds: list[Held]) -> None:
-        """Hold records of one deadline, no earlier than any held before (one request's)."""
-        if not helds:
+    def hold(self, batch: HeldBatch) -> None:
+        """Hold a request's records; its deadline is no earlier than any held before."""
+        trace_ids = batch.trace_ids
+        if not trace_ids:
             return
-        trace_ids = [held.trace_id for held in helds]
-        for trace_id in trace_ids:
-            if len(trace_id) != TRACE_ID_SIZE:
-                raise ValueError(f"only records of {TRACE_ID_SIZE}-byte trace ids are held, not {trace_id!r}")
+        if set(map(len, trace_ids)) != {TRACE_ID_SIZE}:
+            raise ValueError(f"only records of {TRACE_ID_SIZE}-byte trace ids are held, not {trace_ids!r}")
         by_trace = self._by_trace
-        # The table's expiry is not used (records leave by take_*); a distinct one per holding lets
+        # The table's expiry is not used (records leave by take_*); a distinct one per batch lets
         # the table drop what it kept of a trace taken and held again.
-        for position in by_trace.learn_new(trace_ids, [[held] for held in helds], helds[0].deadline):
-            by_trace.get(trace_ids[position]).append(helds[position])  # the trace waits already
-        self._by_deadline.append(helds)
-        self.bytes += sum(held.size for held in helds)
-        self.count += len(helds)
+        for position in by_trace.learn_new(trace_ids, [batch] * len(trace_ids), batch.deadline):
+            trace_id = trace_ids[position]  # waits already: in an earlier batch, or twice in this one
+            if by_trace.get(trace_id) is not batch:
+                later = self._later.setdefault(trace_id, [])
+                if not later or later[-1] is not batch:
+                    later.append(batch)
+        self._by_deadline.append(batch)
+        batch.size = sum(batch.sizes)
+        self.bytes += batch.size
+        self.count += len(trace_ids)
 
-    def take_trace(self, trace_id: bytes) -> list[Held]:
-        taken = self._by_trace.pop(trace_id, [])
-        for held in taken:
-            self._release(held)
+    def take_trace(self, trace_id: bytes) -> list[tuple[HeldBatch, list[int]]]:
+        """The trace's records, in the order held: (batch, positions) per batch."""
+        first = self._by_trace.pop(trace_id, None)
+        if first is None:
+            return []
+        taken = []
+        for batch in [first, *self._later.pop(trace_id, ())]:
+            positions = [p for p, t in enumerate(batch.trace_ids) if t == trace_id]
+            if batch.taken is None:
+                batch.taken = set()
+            batch.taken.update(positions)
+            self.bytes -= sum(batch.sizes[p] for p in positions)
+            self.count -= len(positions)
+            taken.append((batch, positions))
         return taken
 
-    def take_expired(self, now: float) -> list[Held]:
+    def take_expired(self, now: float) -> list[tuple[HeldBatch, list[int]]]:
+        """The batches whose deadline passed, in the order held: (batch, its positions still held)."""
         taken = []
         by_deadline = self._by_deadline
-        by_trace = self._by_trace
-        while by_deadline and by_deadline[0][0].deadline <= now:
-            for held in by_deadline.popleft():
-                if held.released:
-                    continue
-                waiting = by_trace.pop(held.trace_id, None)
-                if waiting is not None and len(waiting) > 1:  # the trace's records held later stay
-                    waiting.remove(held)
-                    by_trace.set(held.trace_id, waiting, waiting[0].deadline)
-                held.released = True
-                taken.append(held)
-        self.bytes -= sum(held.size for held in taken)
-        self.count -= len(taken)
+        while by_deadline and by_deadline[0].deadline <= now:
+            batch = by_deadline.popleft()
+            positions = self._forget(batch)
+            if positions:
+                taken.append((batch, positions))
         return taken
 
-    def take_all(self) -> list[Held]:
-        taken = [held for helds in self._by_deadline for held in helds if not held.released]
-        for held in taken:
-            self._release(held)
+    def take_all(self) -> list[tuple[HeldBatch, list[int]]]:
+        taken = [(batch, self._still_held(batch)) for batch in self._by_deadline]
         self._by_trace = _held_table()
+        self._later.clear()
         self._by_deadline.clear()
-        return taken
+        self.bytes = 0
+        self.count = 0
+        return [(batch, positions) for batch, positions in taken if positions]
 
-    def _release(self, held: Held) -> None:
-        held.released = True
-        self.bytes -= held.size
-        self.count -= 1
+    def _forget(self, batch: HeldBatch) -> list[int]:
+        """Take the batch's records still held out of the table; their positions."""
+        positions = self._still_held(batch)
+        trace_ids = batch.trace_ids if batch.taken is None else [batch.trace_ids[p] for p in positions]
+        by_trace = self._by_trace
+        if not self._later:  # the usual case: each trace waits in one batch, this one
+            for _ in map(by_trace.pop, trace_ids):
+                pass
+        else:
+            for trace_id in trace_ids:
+                if by_trace.get(trace_id) is not batch:
+                    continue  # twice in this batch: done
+                later = self._later.get(trace_id)
+                if later:  # its next batch is first now
+                    by_trace.set(trace_id, later.pop(0), batch.deadline)
+                    if not later:
+                        del self._later[trace_id]
+                else:
+                    by_trace.pop(trace_id)
+        self.bytes -= batch.size if batch.taken is None else sum(batch.sizes[p] for p in positions)
+        self.count -= len(positions)
+        return positions
+
+    def _still_held(self, batch: HeldBatch) -> list[int]:
+        if batch.taken is None:
+            return list(range(len(batch.trace_ids)))
+        return [p for p in range(len(batch.trace_ids)) if p not in batch.taken]

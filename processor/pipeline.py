@@ -19,7 +19,7 @@ How a record's source is decided:
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -31,7 +31,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from .classify import UNKNOWN, Classifier, Verdict
 from .classify.classifier import MAX_CACHED_VALUE
 from .classify.verdict import CERTAIN, string_attribute
-from .correlation import TRACE_ID_SIZE, Held, HeldGroup, Holding, TraceMemory
+from .correlation import TRACE_ID_SIZE, HeldBatch, HeldGroup, Holding, TraceMemory
 from .downgrade import Rule, RuleSet
 from .redact import Redactor
 from .evidence import EvidenceReader
@@ -97,7 +97,7 @@ class Pipeline:
         self.memory = memory
         self.window_s = window_s if memory is not None and downgrade_sources else 0.0
         self.holding = Holding()
-        self._ready: list[Held] = []  # released by new evidence, waiting for release_ready()
+        self._ready: list[tuple[HeldBatch, list[int]]] = []  # released by new evidence, waiting for release_ready()
         self.redactor = redactor if redactor is not None else Redactor((), ())
         self.evidence = EvidenceReader(classifier, self.redactor, classifier.ua_cache_size)
         self._resource_verdicts: dict[bytes, Verdict | None] = {}
@@ -333,32 +333,28 @@ class Pipeline:
     # --- holding -----------------------------------------------------------------------------------------
 
     def _hold(self, waiting: list[tuple], found: wire.Index, secrets: set[int], now: float) -> int:
-        """Keep records, as they came, for their trace's evidence; with the resource and scope they came in."""
-        deadline = now + self.window_s
-        groups = found.groups
-        firsts = [group[3] for group in groups]
-        held_groups: dict[int, HeldGroup] = {}  # one per ScopeLogs of this request
-        helds = []
-        for index, trace_id, severity_fields, serialized, has_synthetic_type, rule in waiting:
-            g = bisect_right(firsts, index) - 1
-            group = held_groups.get(g)
-            if group is None:
-                which, resource_logs, scope_logs, _, _ = groups[g]  # both without their children
-                group = held_groups[g] = HeldGroup(resource_logs, scope_logs, found.resources[which])
-            helds.append(
-                Held(
-                    trace_id,
-                    serialized,
-                    group,
-                    severity_fields,
-                    rule,
-                    has_synthetic_type,
-                    index in secrets,
-                    deadline,
-                    len(serialized) + len(group.resource_logs) + len(group.scope_logs),
-                )
+        """Keep records, as they came, for their trace's evidence; with the resource and scope they
+        came in. ``waiting``: what ``_slow`` found of each, in request order."""
+        indices = [item[0] for item in waiting]
+        wires = [item[3] for item in waiting]
+        sizes = list(map(len, wires))
+        groups = []  # (first position, HeldGroup): a run per ScopeLogs of this request with records held
+        for which, resource_logs, scope_logs, first, count in found.groups:  # both without their children
+            start, end = bisect_left(indices, first), bisect_left(indices, first + count)
+            if start < end:
+                groups.append((start, HeldGroup(resource_logs, scope_logs, found.resources[which])))
+                sizes[start:end] = [size + len(resource_logs) + len(scope_logs) for size in sizes[start:end]]
+        self.holding.hold(
+            HeldBatch(
+                [item[1] for item in waiting],
+                sizes,
+                now + self.window_s,
+                waiting,
+                groups,
+                frozenset(p for p, index in enumerate(indices) if index in secrets) if secrets else frozenset(),
+                any(item[4] for item in waiting),
             )
-        self.holding.hold_many(helds)
+        )
         return len(waiting)
 
     def release_ready(self, now: float) -> tuple[bytes, Stats] | None:
@@ -375,28 +371,30 @@ class Pipeline:
         self._ready = []
         return self._release(released, now) if released else None
 
-    def _release(self, released: list[Held], now: float) -> tuple[bytes, Stats]:
+    def _release(self, released: list[tuple[HeldBatch, list[int]]], now: float) -> tuple[bytes, Stats]:
         """Held records as a request, each decided on what its trace is known to be now: built from
-        their bytes, as ``process_wire`` builds a request, without decoding them again."""
+        their bytes, as ``process_wire`` builds a request, without decoding them again.
+        ``released``: (batch, positions), in the order they left."""
         stats = Stats()
         redactions: dict[str, int] = {}
-        redactor = self.redactor
         # trace -> its inherited verdict (what recall() answers, inherited): the memory's table, if any
-        known: wire.TraceTable | dict = {}
+        known: wire.TraceTable | None = None
         if self.memory is not None:
             self.memory.expire(now)
             known = self.memory.inherited
         groups: dict[int, tuple[HeldGroup, list[bytes]]] = {}  # id(group) -> (group, its records' bytes)
-        decide = self._decide_wire
-        for held in released:
-            verdict = known.get(held.trace_id, UNKNOWN)
-            record = decide(held.severity, held.record, verdict, held.has_synthetic_type, held.rule, stats)
-            if held.secret:
-                record = redactor.redact_record_bytes(record, redactions)
-            entry = groups.get(id(held.group))
-            if entry is None:
-                entry = groups[id(held.group)] = (held.group, [])
-            entry[1].append(record)
+        for batch, positions in released:
+            runs = None
+            if known is not None and not batch.typed and not batch.secrets and len(positions) == len(batch.records):
+                runs = self._release_whole(batch, known, stats)
+            if runs is None:
+                runs = self._release_each(batch, positions, known, stats, redactions)
+            for group, records in runs:
+                entry = groups.get(id(group))
+                if entry is None:
+                    groups[id(group)] = (group, records)
+                else:
+                    entry[1].extend(records)
         # ResourceLogs (without children) + its ScopeLogs, which is the ScopeLogs (without children) + its records
         request = [
             wire.fields(2, self._held_resource_logs(group, redactions), [wire.fields(2, group.scope_logs, records)])
@@ -404,6 +402,40 @@ class Pipeline:
         ]
         stats.redactions = redactions
         return wire.fields(1, b"", request), stats
+
+    def _release_whole(self, batch: HeldBatch, known: wire.TraceTable, stats: Stats) -> list | None:
+        """A batch whose window ended with none of its records gone (the flood's case: no evidence
+        came) in C passes: its records' verdicts, their enrichment appended. None if a rule could
+        fire on a verdict now known: then each record is decided on its own."""
+        enrichments, counts = wire.resolve(batch.trace_ids, {}, known, UNKNOWN)
+        if any(map(self.fires, counts)):
+            return None
+        for verdict, n in counts.items():
+            stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + n
+            stats.records += n
+        records = list(map(bytes.__add__, [item[3] for item in batch.records], enrichments))
+        groups = batch.groups
+        ends = [start for start, _ in groups[1:]] + [len(records)]
+        return [(group, records[start:end]) for (start, group), end in zip(groups, ends)]
+
+    def _release_each(
+        self, batch: HeldBatch, positions: list[int], known, stats: Stats, redactions: dict[str, int]
+    ) -> list:
+        """Some of a batch's records, one by one: (group, its records' bytes) per group, in order."""
+        redactor = self.redactor
+        decide = self._decide_wire
+        runs: list = []
+        for position in positions:
+            _, trace_id, severity_fields, serialized, has_synthetic_type, rule = batch.records[position]
+            verdict = known.get(trace_id, UNKNOWN) if known is not None else UNKNOWN
+            record = decide(severity_fields, serialized, verdict, has_synthetic_type, rule, stats)
+            if position in batch.secrets:
+                record = redactor.redact_record_bytes(record, redactions)
+            group = batch.group_of(position)
+            if not runs or runs[-1][0] is not group:
+                runs.append((group, []))
+            runs[-1][1].append(record)
+        return runs
 
     def _held_resource_logs(self, group: HeldGroup, redactions: dict[str, int]) -> bytes:
         """The group's ResourceLogs (without children), its resource redacted as a forwarded one is."""

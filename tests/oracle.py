@@ -9,14 +9,14 @@ records, holds the same records and counts the same things, request after reques
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
 
 from processor.classify import UNKNOWN, Verdict
 from processor.classify.verdict import CERTAIN, LIKELY
-from processor.correlation import TRACE_ID_SIZE, TraceMemory
+from processor.correlation import TRACE_ID_SIZE, HeldBatch, TraceMemory
 from processor.downgrade import Rule
 from processor.pipeline import Pipeline, Stats, _count, effective_severity
 
@@ -30,9 +30,7 @@ class DecodedHeld:
     group: ResourceLogs  # resource + one ScopeLogs with its scope, no records
     rule: Rule
     has_synthetic_type: bool
-    deadline: float
     size: int
-    released: bool = field(default=False)
 
 
 class ReferencePipeline(Pipeline):
@@ -80,7 +78,7 @@ class ReferencePipeline(Pipeline):
         return stats
 
     def _hold_groups(self, groups, now: float) -> int:
-        count = 0
+        helds = []
         deadline = now + self.window_s
         for resource_logs, scope_logs, waiting in groups:
             group = ResourceLogs(resource=resource_logs.resource, schema_url=resource_logs.schema_url)
@@ -89,20 +87,17 @@ class ReferencePipeline(Pipeline):
             for record, _, has_synthetic_type, rule in waiting:
                 copy = LogRecord()
                 copy.CopyFrom(record)
-                self.holding.hold(
-                    DecodedHeld(copy.trace_id, copy, group, rule, has_synthetic_type, deadline, copy.ByteSize() + group_size)
-                )
-                count += 1
+                helds.append(DecodedHeld(copy.trace_id, copy, group, rule, has_synthetic_type, copy.ByteSize() + group_size))
             for _, index, _, _ in sorted(waiting, key=lambda w: w[1], reverse=True):
                 del scope_logs.log_records[index]
-        return count
+        self.holding.hold(HeldBatch([held.trace_id for held in helds], [held.size for held in helds], deadline, helds))
+        return len(helds)
 
-
-    def _release(self, released: list[DecodedHeld], now: float) -> tuple[ExportLogsServiceRequest, Stats]:
+    def _release(self, released: list[tuple[HeldBatch, list[int]]], now: float) -> tuple[ExportLogsServiceRequest, Stats]:
         stats = Stats()
         request = ExportLogsServiceRequest()
         groups: dict[int, object] = {}  # id(group skeleton) -> the ScopeLogs in the new request
-        for held in released:
+        for held in [batch.records[position] for batch, positions in released for position in positions]:
             scope_logs = groups.get(id(held.group))
             if scope_logs is None:
                 resource_logs = request.resource_logs.add()

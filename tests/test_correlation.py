@@ -15,7 +15,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from processor.classify import Verdict
-from processor.correlation import Held, HeldGroup, Holding, TraceMemory
+from processor.correlation import HeldBatch, Holding, TraceMemory
 
 from processor import intake
 from processor.config import Config
@@ -183,6 +183,31 @@ class TestEvidenceTiming:
         assert stats.redactions == {"attribute": 2} and stats.records == 2
         assert records(released)[1].body == kept.body
 
+    def test_a_held_record_that_names_its_synthetic_type_keeps_it_once(self) -> None:
+        """A held error that already carries user_agent.synthetic.type (set upstream) does not get
+        it a second time when its window ends, whether it leaves with its whole request or after
+        another of its request left with its evidence."""
+        p = make()
+
+        def typed(n: int) -> LogRecord:
+            record = auth0_error(trace(n))
+            record.attributes.add(key="user_agent.synthetic.type", value=AnyValue(string_value="test"))
+            return record
+
+        assert p.process(request(typed(30), auth0_error(trace(31))), now=0.0).held == 2  # leaves whole
+        assert p.process(request(typed(32), auth0_error(trace(33))), now=0.1).held == 2
+        p.process(request(access(trace(33), DATADOG)), now=0.5)  # frees the second request's second
+        released, _ = p.release_ready(now=0.5)
+        assert [r.trace_id for r in records(ExportLogsServiceRequest.FromString(released))] == [trace(33)]
+        released, stats = p.release_ready(now=2.1)
+        out = records(ExportLogsServiceRequest.FromString(released))
+        assert [r.trace_id for r in out] == [trace(30), trace(31), trace(32)] and stats.records == 3
+        for record in (out[0], out[2]):
+            assert [kv.key for kv in record.attributes].count("user_agent.synthetic.type") == 1
+            assert attributes(record)["user_agent.synthetic.type"] == "test"
+        assert {attributes(record)["triage.source"] for record in out} == {"unknown"}
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+
     def test_release_all_on_shutdown(self) -> None:
         """Shutdown takes every held record out, decided with what is known."""
         p = make()
@@ -240,28 +265,39 @@ def test_released_records_are_queued_even_when_the_request_that_freed_them_is_re
     assert [len(records(ExportLogsServiceRequest.FromString(b.payload))) for b in queue.pending()] == [1, 1]
 
 
+def batch(deadline: float, *traces: int, size: int = 10) -> HeldBatch:
+    """A request's held records: one per trace number, each its (trace number, serial) as its record."""
+    global _serial
+    _serial += 1
+    return HeldBatch([trace(t) for t in traces], [size] * len(traces), deadline, [(t, _serial) for t in traces])
+
+
+_serial = 0
+
+
+def records_of(taken: list[tuple[HeldBatch, list[int]]]) -> list:
+    return [held.records[position] for held, positions in taken for position in positions]
+
+
 def test_holding_finds_the_traces_still_waiting_among_a_requests() -> None:
     """waiting_among answers, by position in request order, exactly the traces with records still
     held: not one whose records its evidence freed, nor one whose records' window ended."""
     holding = Holding()
-    group = HeldGroup(b"", b"", b"")
-
-    def held(n: int, deadline: float) -> Held:
-        return Held(trace(n), b"record", group, (17, "ERROR"), None, False, False, deadline, 10)
-
-    for n, deadline in [(1, 2.0), (2, 2.0), (2, 3.0), (3, 4.0)]:
-        holding.hold(held(n, deadline))
+    first, second, third = batch(2.0, 1, 2), batch(3.0, 2), batch(4.0, 3)
+    for held in (first, second, third):
+        holding.hold(held)
     asked = [trace(n) for n in (0, 1, 2, 3, 4, 5, 2)]
     assert holding.waiting_among(asked) == [1, 2, 3, 6]
-    assert [h.trace_id for h in holding.take_trace(trace(3))] == [trace(3)]
+    assert holding.take_trace(trace(3)) == [(third, [0])]
     assert holding.waiting_among(asked) == [1, 2, 6]
-    assert [(h.trace_id, h.deadline) for h in holding.take_expired(2.0)] == [(trace(1), 2.0), (trace(2), 2.0)]
+    assert holding.take_expired(2.0) == [(first, [0, 1])]
     assert holding.waiting_among(asked) == [2, 6]  # its second record waits until 3.0
-    assert len(holding.take_expired(3.0)) == 1
-    assert holding.waiting_among(asked) == [] and len(holding) == 0
+    assert holding.take_expired(3.0) == [(second, [0])]
+    assert holding.take_expired(4.0) == []  # the third batch's only record left with its evidence
+    assert holding.waiting_among(asked) == [] and len(holding) == 0 and holding.bytes == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
         st.one_of(
@@ -273,33 +309,34 @@ def test_holding_finds_the_traces_still_waiting_among_a_requests() -> None:
     )
 )
 def test_holding_a_request_at_a_time_agrees_with_a_list_of_records(steps) -> None:
-    """``hold_many`` (a request's records, one deadline) against a plain list: each record leaves
-    once, by its trace's evidence (every record of the trace, in the order held) or by its deadline
-    (in the order held), and the counts and bytes come back to zero."""
+    """Batches (a request's records, one deadline) against a plain list of records: each record
+    leaves once, by its trace's evidence (every record of the trace, in the order held) or by its
+    deadline (in the order held), and the counts and bytes come back to zero. Traces repeat within
+    a batch and across batches, and are held again after they left."""
     holding = Holding()
-    group = HeldGroup(b"", b"", b"")
-    model: list[Held] = []  # still held, in the order held
+    model: list[tuple] = []  # (record, trace, deadline, size) still held, in the order held
+    asked = [trace(t) for t in range(6)]
     now = 0.0
     for step, argument in steps:
         if step == "hold":
             now += 1.0
-            helds = [Held(trace(t), b"r" * t, group, (17, "ERROR"), None, False, False, now + 2.0, t + 1) for t in argument]
-            holding.hold_many(helds)
-            model.extend(helds)
+            held = batch(now + 2.0, *argument)
+            held.sizes = [t + 1 for t in argument]
+            holding.hold(held)
+            model.extend((record, t, now + 2.0, t + 1) for record, t in zip(held.records, argument))
         elif step == "take":
-            expected = [held for held in model if held.trace_id == trace(argument)]
-            assert holding.take_trace(trace(argument)) == expected
-            model = [held for held in model if held not in expected]
+            expected = [m for m in model if m[1] == argument]
+            assert records_of(holding.take_trace(trace(argument))) == [m[0] for m in expected]
+            model = [m for m in model if m[1] != argument]
         else:
             now += argument
-            expected = [held for held in model if held.deadline <= now]
-            assert holding.take_expired(now) == expected
-            model = [held for held in model if held not in expected]
-        assert len(holding) == len(model) and holding.bytes == sum(held.size for held in model)
-        asked = [trace(t) for t in range(6)]
-        assert holding.waiting_among(asked) == sorted({t for t in range(6) if any(h.trace_id == trace(t) for h in model)})
-    assert holding.take_all() == model
-    assert len(holding) == 0 and holding.bytes == 0
+            expected = [m for m in model if m[2] <= now]
+            assert records_of(holding.take_expired(now)) == [m[0] for m in expected]
+            model = [m for m in model if m[2] > now]
+        assert len(holding) == len(model) and holding.bytes == sum(m[3] for m in model)
+        assert holding.waiting_among(asked) == sorted({m[1] for m in model})
+    assert records_of(holding.take_all()) == [m[0] for m in model]
+    assert len(holding) == 0 and holding.bytes == 0 and holding.waiting_among(asked) == []
 
 
 def test_holding_refuses_a_trace_id_it_could_not_find_again() -> None:
@@ -307,7 +344,7 @@ def test_holding_refuses_a_trace_id_it_could_not_find_again() -> None:
     holding = Holding()
     for trace_id in (b"", b"12345678", b"x" * 17):
         with pytest.raises(ValueError):
-            holding.hold(Held(trace_id, b"record", HeldGroup(b"", b"", b""), (17, "ERROR"), None, False, False, 1.0, 10))
+            holding.hold(HeldBatch([trace(1), trace_id], [10, 10], 1.0, ["record", "record"]))
     assert len(holding) == 0 and holding.take_all() == []
 
 
@@ -315,12 +352,11 @@ def test_traces_held_and_taken_again_and_again_keep_holding_small() -> None:
     """A trace held, freed by its evidence, and held again (a long-lived trace) leaves nothing
     behind: what the table kept of each holding is dropped once superseded."""
     holding = Holding()
-    group = HeldGroup(b"", b"", b"")
     for n in range(5000):
         now = float(n)
-        for t in (1, 2):
-            holding.hold(Held(trace(t), b"record", group, (17, "ERROR"), None, False, False, now + 2.0, 10))
-        assert [h.trace_id for h in holding.take_trace(trace(1))] == [trace(1)]
+        held = batch(now + 2.0, 1, 2)
+        holding.hold(held)
+        assert holding.take_trace(trace(1)) == [(held, [0])]
         holding.take_expired(now)
     assert len(holding) == 2 and holding.waiting_among([trace(1), trace(2)]) == [1]
     assert holding._by_trace.learnings <= 64  # the table's first ring: never grew
