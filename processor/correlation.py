@@ -137,6 +137,7 @@ class HeldBatch:
     groups: list = field(default_factory=list)  # (first position, HeldGroup): the ScopeLogs they came in, in order
     secrets: frozenset[int] = frozenset()  # positions that may hold something to redact
     typed: bool = False  # whether any record already has user_agent.synthetic.type
+    wires: tuple[bytes, ...] = ()  # per record, its bytes as they came (the pipeline's)
     size: int = 0  # sum(sizes), set by Holding
     taken: set[int] | None = None  # positions that left early, with their trace's evidence
 

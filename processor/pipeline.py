@@ -335,8 +335,7 @@ class Pipeline:
     def _hold(self, waiting: list[tuple], found: wire.Index, secrets: set[int], now: float) -> int:
         """Keep records, as they came, for their trace's evidence; with the resource and scope they
         came in. ``waiting``: what ``_slow`` found of each, in request order."""
-        indices = [item[0] for item in waiting]
-        wires = [item[3] for item in waiting]
+        indices, trace_ids, _, wires, typed, _ = zip(*waiting)
         sizes = list(map(len, wires))
         groups = []  # (first position, HeldGroup): a run per ScopeLogs of this request with records held
         for which, resource_logs, scope_logs, first, count in found.groups:  # both without their children
@@ -346,13 +345,14 @@ class Pipeline:
                 sizes[start:end] = [size + len(resource_logs) + len(scope_logs) for size in sizes[start:end]]
         self.holding.hold(
             HeldBatch(
-                [item[1] for item in waiting],
+                list(trace_ids),
                 sizes,
                 now + self.window_s,
                 waiting,
                 groups,
                 frozenset(p for p, index in enumerate(indices) if index in secrets) if secrets else frozenset(),
-                any(item[4] for item in waiting),
+                any(typed),
+                wires,
             )
         )
         return len(waiting)
@@ -413,7 +413,7 @@ class Pipeline:
         for verdict, n in counts.items():
             stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + n
             stats.records += n
-        records = list(map(bytes.__add__, [item[3] for item in batch.records], enrichments))
+        records = list(map(bytes.__add__, batch.wires, enrichments))
         groups = batch.groups
         ends = [start for start, _ in groups[1:]] + [len(records)]
         return [(group, records[start:end]) for (start, group), end in zip(groups, ends)]
