@@ -421,12 +421,16 @@ class Pipeline:
     def _release_each(
         self, batch: HeldBatch, positions: list[int], known, stats: Stats, redactions: dict[str, int]
     ) -> list:
-        """Some of a batch's records, one by one: (group, its records' bytes) per group, in order."""
+        """Some of a batch's records, one by one: (group, its records' bytes) per group, in order.
+        What the batch kept of them is dropped: the memory bound counts only the records still held,
+        and a batch stays until its window ends."""
         redactor = self.redactor
         decide = self._decide_wire
         runs: list = []
+        batch.wires = ()  # only a whole batch's release reads them
         for position in positions:
             _, trace_id, severity_fields, serialized, has_synthetic_type, rule = batch.records[position]
+            batch.records[position] = None
             verdict = known.get(trace_id, UNKNOWN) if known is not None else UNKNOWN
             record = decide(severity_fields, serialized, verdict, has_synthetic_type, rule, stats)
             if position in batch.secrets:

@@ -208,6 +208,24 @@ class TestEvidenceTiming:
         assert {attributes(record)["triage.source"] for record in out} == {"unknown"}
         assert len(p.holding) == 0 and p.holding.bytes == 0
 
+    def test_a_record_freed_early_is_not_kept_by_its_request_s_batch(self) -> None:
+        """A request's held records are kept together until their window ends; one freed earlier by
+        its evidence leaves that batch at once, so what stays in memory is what holding counts."""
+        p = make()
+        freed, waiting = auth0_error(trace(40)), auth0_error(trace(41))
+        freed.body.string_value += " " + "x" * 4096
+        assert p.process(request(freed, waiting), now=0.0).held == 2
+        before = p.holding.bytes
+        p.process(request(access(trace(40), DATADOG)), now=0.5)
+        released, _ = p.release_ready(now=0.5)
+        assert len(released) > 4096 and p.holding.bytes < before - 4096 and len(p.holding) == 1
+        (batch,) = p.holding._by_deadline
+        assert not any(b"x" * 4096 in bytes(item[3]) for item in batch.records if item is not None)
+        assert not any(b"x" * 4096 in serialized for serialized in batch.wires)
+        released, stats = p.release_ready(now=2.0)
+        assert [r.trace_id for r in records(ExportLogsServiceRequest.FromString(released))] == [trace(41)]
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+
     def test_release_all_on_shutdown(self) -> None:
         """Shutdown takes every held record out, decided with what is known."""
         p = make()
