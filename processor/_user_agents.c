@@ -296,6 +296,8 @@ typedef struct {
     PyObject_HEAD
     ua_slot_t *slots;
     size_t mask;              /* slots - 1; at most half of them in use */
+    uint32_t *used;           /* the slots in use, count of them: starting over visits only those */
+    Py_ssize_t used_size;
     Py_ssize_t count, max_entries, cleared;
     uint8_t *store;           /* every key's bytes, one after another */
     Py_ssize_t store_used, store_size, store_max;
@@ -351,21 +353,36 @@ static ua_slot_t *find(const Cache *c, uint64_t h, int id, const uint8_t *p, Py_
     return NULL;
 }
 
-/* Forgets every entry (the store and the slots stay allocated). */
+/* Forgets every entry (the store and the slots stay allocated). A flood of new user agents fills
+ * the cache every ~40 requests: walking and zeroing every slot (twice max_entries or more) cost
+ * more than the entries themselves. */
 static void clear_all(Cache *c)
 {
-    for (size_t i = 0; i <= c->mask && c->count; i++) {
-        PyObject *verdict = c->slots[i].verdict;
-        if (verdict != NULL) {
-            c->slots[i].verdict = NULL;
-            c->count--;
-            Py_DECREF(verdict);
-        }
+    for (Py_ssize_t i = 0; i < c->count; i++) {
+        ua_slot_t *s = &c->slots[c->used[i]];
+        PyObject *verdict = s->verdict;
+        memset(s, 0, sizeof *s);
+        Py_DECREF(verdict);
     }
-    memset(c->slots, 0, (c->mask + 1) * sizeof *c->slots);
     c->count = 0;
     c->store_used = 0;
     c->cleared++;
+}
+
+/* Room in used[] for one more entry: 0, or -1 with MemoryError. */
+static int room_for_one(Cache *c)
+{
+    if (c->count < c->used_size)
+        return 0;
+    Py_ssize_t size = c->used_size ? c->used_size * 2 : MIN_SLOTS;
+    uint32_t *used = PyMem_Realloc(c->used, (size_t)size * sizeof *used);
+    if (used == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->used = used;
+    c->used_size = size;
+    return 0;
 }
 
 static int grow(Cache *c)
@@ -389,7 +406,7 @@ static int grow(Cache *c)
             }
             if (slots[j].verdict == NULL) {
                 slots[j] = old[i];
-                c->count++;
+                c->used[c->count++] = (uint32_t)j; /* no more than before: room kept */
                 break;
             }
         }
@@ -406,6 +423,8 @@ static int keep(Cache *c, uint64_t h, int id, const uint8_t *p, Py_ssize_t n, Py
     if (c->count >= c->max_entries || c->store_used + n + 1 > c->store_max)
         clear_all(c);
     if ((size_t)c->count + 1 > (c->mask + 1) / 2 && grow(c) < 0)
+        return -1;
+    if (room_for_one(c) < 0)
         return -1;
     if (c->store_used + n + 1 > c->store_size) {
         Py_ssize_t size = c->store_size ? c->store_size : MIN_KEY_STORE;
@@ -431,7 +450,7 @@ static int keep(Cache *c, uint64_t h, int id, const uint8_t *p, Py_ssize_t n, Py
     memcpy(c->store + c->store_used + 1, p, (size_t)n);
     c->store_used += n + 1;
     free->verdict = Py_NewRef(verdict);
-    c->count++;
+    c->used[c->count++] = (uint32_t)(free - c->slots);
     return 0;
 }
 
@@ -601,6 +620,7 @@ static void cache_dealloc(Cache *c)
         for (size_t i = 0; i <= c->mask; i++)
             Py_XDECREF(c->slots[i].verdict);
     PyMem_Free(c->slots);
+    PyMem_Free(c->used);
     PyMem_Free(c->store);
     PyMem_Free(c->checkpoints);
     PyMem_Free(c->prefixes);

@@ -197,6 +197,27 @@ def test_verdicts_are_released_when_the_cache_starts_over() -> None:
     assert sys.getrefcount(verdict) == before
 
 
+def test_starting_over_after_growing_forgets_every_entry_and_releases_its_verdicts() -> None:
+    """The cache starts over by visiting the slots it filled (not every slot): after the table grew
+    four times, every entry is still found before, none after, and each reference is released once."""
+    verdict = object()
+    before = sys.getrefcount(verdict)
+    cache = wire.UserAgentCache(500, bytes(16), None, [])
+    for round_ in range(3):
+        texts = [f"agent {round_}.{n}" for n in range(500)]
+        for start in range(0, 500, 100):
+            cache.verdicts(*_request(texts[start : start + 100]), lambda key: verdict)
+        assert len(cache) == 500 and cache.cleared == 2 * round_ and sys.getrefcount(verdict) == before + 500
+        assert all(cache.get(_key(text)) is verdict for text in texts)
+        cache.verdicts(*_request([f"one more {round_}"]), lambda key: verdict)  # full: starts over
+        assert len(cache) == 1 and cache.cleared == 2 * round_ + 1 and sys.getrefcount(verdict) == before + 1
+        assert not any(cache.get(_key(text)) is verdict for text in texts)
+        cache.clear()
+        assert len(cache) == 0 and sys.getrefcount(verdict) == before
+    del cache
+    assert sys.getrefcount(verdict) == before
+
+
 def test_grows_past_its_first_size_and_keeps_every_entry() -> None:
     cache = _cache(max_entries=5000)
     texts = [f"agent {n} curl/" if n % 3 else f"agent {n}" for n in range(5000)]
