@@ -250,7 +250,8 @@ class Holding:
                     continue  # twice in this batch: done
                 later = self._later.get(trace_id)
                 if later:  # its next batch is first now
-                    by_trace.set(trace_id, later.pop(0), batch.deadline)
+                    following = later.pop(0)
+                    by_trace.set(trace_id, following, following.deadline)
                     if not later:
                         del self._later[trace_id]
                 else:

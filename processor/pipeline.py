@@ -414,6 +414,7 @@ class Pipeline:
             stats.by_source[verdict.source] = stats.by_source.get(verdict.source, 0) + n
             stats.records += n
         records = list(map(bytes.__add__, batch.wires, enrichments))
+        batch.wires, batch.records = (), []  # a batch freed whole by evidence stays until its window ends
         groups = batch.groups
         ends = [start for start, _ in groups[1:]] + [len(records)]
         return [(group, records[start:end]) for (start, group), end in zip(groups, ends)]

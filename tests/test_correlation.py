@@ -225,6 +225,17 @@ class TestEvidenceTiming:
         released, stats = p.release_ready(now=2.0)
         assert [r.trace_id for r in records(ExportLogsServiceRequest.FromString(released))] == [trace(41)]
         assert len(p.holding) == 0 and p.holding.bytes == 0
+        # A request's only held record freed by a real user's access log: the whole batch leaves at once.
+        alone = auth0_error(trace(42))
+        alone.body.string_value = freed.body.string_value
+        assert p.process(request(alone), now=3.0).held == 1
+        p.process(request(access(trace(42), CHROME)), now=3.5)
+        released, stats = p.release_ready(now=3.5)
+        assert stats.by_source == {"user": 1} and b"x" * 4096 in released
+        (batch,) = p.holding._by_deadline
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+        assert not any(b"x" * 4096 in bytes(item[3]) for item in batch.records if item is not None)
+        assert not any(b"x" * 4096 in serialized for serialized in batch.wires)
 
     def test_release_all_on_shutdown(self) -> None:
         """Shutdown takes every held record out, decided with what is known."""
