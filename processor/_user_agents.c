@@ -8,7 +8,10 @@
  *
  * The cache is bounded in entries and in the bytes of their keys, and a user agent longer than
  * MAX_KEY_BYTES is never kept: a flood of huge ones costs their classification, not memory. When
- * full, it starts over (no per-entry age to keep). Its hash is keyed by a random seed, because user
+ * full, it starts over (no per-entry age to keep). With a doorkeeper (as TinyLFU admits), a new ASCII
+ * user agent is kept only the second time it is seen: a flood of one-off user agents then neither
+ * writes the cache nor starts it over every few requests, which in a real mix would also forget the
+ * agents that do come again. Its hash is keyed by a random seed, because user
  * agents come from outside, and a probe never looks further than MAX_PROBE slots: keys made to
  * collide are at worst not kept. Values are verdicts, which never refer back to a cache, so the
  * garbage collector need not walk it.
@@ -292,6 +295,11 @@ typedef struct {
     uint8_t hits;             /* saturating: a checkpoint that was used outlives new ones for its slot */
 } checkpoint_t;
 
+/* The doorkeeper: a bit per hash (one probe), set the first time a new ASCII user agent is seen;
+ * a false positive only keeps a user agent at its first sight. 64 KiB stay in L2; the bits start over
+ * once SEEN_BITS / 16 are set (one in 16 at most: few false positives), every ~130 requests of a flood. */
+#define SEEN_BITS ((uint64_t)1 << 19)
+
 typedef struct {
     PyObject_HEAD
     ua_slot_t *slots;
@@ -308,6 +316,9 @@ typedef struct {
     checkpoint_t *checkpoints; /* CHECKPOINT_SLOTS, made with the first new user agent */
     uint8_t (*prefixes)[CHECKPOINT_MAX]; /* each slot's prefix bytes */
     Py_ssize_t resumed;       /* new user agents stepped from a checkpoint, not from their start */
+    uint64_t *seen;           /* the doorkeeper's SEEN_BITS, or NULL: every new user agent is kept */
+    Py_ssize_t seen_count;    /* bits set in it */
+    Py_ssize_t first_sightings; /* new user agents classified but not kept: seen for the first time */
 } Cache;
 
 static PyTypeObject CacheType;
@@ -420,10 +431,21 @@ static int keep(Cache *c, uint64_t h, int id, const uint8_t *p, Py_ssize_t n, Py
 {
     if (n + 1 > MAX_KEY_BYTES)
         return 0;
-    if (c->count >= c->max_entries || c->store_used + n + 1 > c->store_max)
+    ua_slot_t *free;
+    if (find(c, h, id, p, n, &free) != NULL)
+        return 0; /* already kept (a second occurrence in the request): no start-over for it */
+    if (c->count >= c->max_entries || c->store_used + n + 1 > c->store_max) {
         clear_all(c);
-    if ((size_t)c->count + 1 > (c->mask + 1) / 2 && grow(c) < 0)
-        return -1;
+        free = &c->slots[h & c->mask];
+    }
+    if ((size_t)c->count + 1 > (c->mask + 1) / 2) {
+        if (grow(c) < 0)
+            return -1;
+        if (find(c, h, id, p, n, &free) != NULL) /* the slots moved */
+            return 0;
+    }
+    if (free == NULL)
+        return 0; /* no free slot within reach */
     if (room_for_one(c) < 0)
         return -1;
     if (c->store_used + n + 1 > c->store_size) {
@@ -440,9 +462,6 @@ static int keep(Cache *c, uint64_t h, int id, const uint8_t *p, Py_ssize_t n, Py
         c->store = store;
         c->store_size = size;
     }
-    ua_slot_t *free;
-    if (find(c, h, id, p, n, &free) != NULL || free == NULL)
-        return 0; /* already kept; or no free slot within reach */
     free->hash = h;
     free->at = (uint32_t)c->store_used;
     free->size = (uint32_t)n + 1;
@@ -451,6 +470,21 @@ static int keep(Cache *c, uint64_t h, int id, const uint8_t *p, Py_ssize_t n, Py
     c->store_used += n + 1;
     free->verdict = Py_NewRef(verdict);
     c->used[c->count++] = (uint32_t)(free - c->slots);
+    return 0;
+}
+
+/* Whether the doorkeeper saw the user agent of hash h before (then it is kept); else it marks it seen. */
+static int seen_before(Cache *c, uint64_t h)
+{
+    uint64_t bit = (h >> 32) & (SEEN_BITS - 1); /* the slot's index comes from the low bits */
+    uint64_t *word = &c->seen[bit >> 6], mask = (uint64_t)1 << (bit & 63);
+    if (*word & mask)
+        return 1;
+    *word |= mask;
+    if (++c->seen_count >= (Py_ssize_t)(SEEN_BITS / 16)) {
+        memset(c->seen, 0, SEEN_BITS / 8);
+        c->seen_count = 0;
+    }
     return 0;
 }
 
@@ -580,12 +614,13 @@ static int classify_texts(Cache *c, text_t *texts, Py_ssize_t count)
 
 static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *names[] = {"max_entries", "seed", "automaton", "tables", NULL};
+    static char *names[] = {"max_entries", "seed", "automaton", "tables", "doorkeeper", NULL};
     Py_ssize_t max_entries, seed_size;
     const char *seed;
     PyObject *automaton, *tables;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ny#OO!", names, &max_entries, &seed, &seed_size, &automaton,
-                                     &PyList_Type, &tables))
+    int doorkeeper = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ny#OO!|$p", names, &max_entries, &seed, &seed_size, &automaton,
+                                     &PyList_Type, &tables, &doorkeeper))
         return NULL;
     if (max_entries < 1 || max_entries > (Py_ssize_t)1 << 24 || seed_size != sizeof(uint64_t[2])) {
         PyErr_SetString(PyExc_ValueError, "UserAgentCache needs 1 <= max_entries <= 2**24 and a 16-byte seed");
@@ -598,7 +633,9 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (c == NULL)
         return NULL;
     c->slots = PyMem_Calloc(MIN_SLOTS, sizeof *c->slots);
-    if (c->slots == NULL) {
+    if (doorkeeper)
+        c->seen = PyMem_Calloc(SEEN_BITS / 64, sizeof *c->seen);
+    if (c->slots == NULL || (doorkeeper && c->seen == NULL)) {
         Py_DECREF(c);
         return PyErr_NoMemory();
     }
@@ -624,6 +661,7 @@ static void cache_dealloc(Cache *c)
     PyMem_Free(c->store);
     PyMem_Free(c->checkpoints);
     PyMem_Free(c->prefixes);
+    PyMem_Free(c->seen);
     Py_XDECREF(c->automaton);
     Py_XDECREF(c->tables);
     Py_TYPE(c)->tp_free((PyObject *)c);
@@ -693,8 +731,9 @@ static PyObject *cache_verdicts(Cache *c, PyObject *args)
         else
             miss[misses++] = i;
     }
-    /* 2. The new ones: the plain ASCII strings through the automaton together, the rest through the
-     *    fallback; each kept as it is decided, so a second occurrence in the request is found. */
+    /* 2. The new ones: the plain ASCII strings through the automaton together (each occurrence), the
+     *    rest through the fallback, once per request: each is kept as it is decided, so a second
+     *    occurrence finds the first. With the doorkeeper, an ASCII one is kept at its second sight. */
     if (misses > 0) {
         texts = PyMem_Malloc((size_t)misses * sizeof *texts);
         texts_of = PyMem_Malloc((size_t)misses * sizeof *texts_of);
@@ -715,17 +754,21 @@ static PyObject *cache_verdicts(Cache *c, PyObject *args)
             const uint8_t *p = buf + e[i].start;
             Py_ssize_t size = e[i].end - e[i].start;
             int id = (int)e[i].id;
-            ua_slot_t *free, *s = find(c, hash[i], id, p, size, &free);
-            if (s != NULL) {
-                verdict[i] = Py_NewRef(s->verdict);
-                continue;
-            }
             if (texts_of[m] >= 0) {
                 PyObject *found = by_rank(c, id, texts[texts_of[m]].best);
                 if (found == NULL)
                     goto done;
                 verdict[i] = Py_NewRef(found);
+                if (c->seen != NULL && !seen_before(c, hash[i])) {
+                    c->first_sightings++;
+                    continue;
+                }
             } else {
+                ua_slot_t *free, *s = find(c, hash[i], id, p, size, &free);
+                if (s != NULL) {
+                    verdict[i] = Py_NewRef(s->verdict);
+                    continue;
+                }
                 PyObject *key = PyBytes_FromStringAndSize(NULL, size + 1);
                 if (key == NULL)
                     goto done;
@@ -804,8 +847,9 @@ static PyMethodDef cache_methods[] = {
     {"verdicts", (PyCFunction)cache_verdicts, METH_VARARGS,
      "verdicts(payload, user_agents, fallback) -> {record: verdict} for the records whose user agents give one. "
      "user_agents: per user-agent attribute, uint32 record, key id, start, end of its AnyValue in payload (what "
-     "index() reports). New ones are classified and kept: plain ASCII strings by the automaton, others by "
-     "fallback(key), key = the id's byte + the AnyValue bytes. Of two for one record, the lower rank; the first on a tie"},
+     "index() reports). New ones are classified and kept (with the doorkeeper, a plain ASCII string at its "
+     "second sight): plain ASCII strings by the automaton, others by fallback(key), key = the id's byte + the "
+     "AnyValue bytes. Of two for one record, the lower rank; the first on a tie"},
     {"get", (PyCFunction)cache_get, METH_VARARGS, "get(key, default=None) -> the verdict kept for key (id byte + AnyValue)"},
     {"clear", (PyCFunction)cache_clear, METH_NOARGS, "clear(): forget every entry"},
     {NULL, NULL, 0, NULL},
@@ -816,6 +860,8 @@ static PyMemberDef cache_members[] = {
     {"cleared", T_PYSSIZET, offsetof(Cache, cleared), READONLY, "times the cache started over"},
     {"resumed", T_PYSSIZET, offsetof(Cache, resumed), READONLY,
      "new user agents the automaton resumed from a checkpoint kept for their beginning"},
+    {"first_sightings", T_PYSSIZET, offsetof(Cache, first_sightings), READONLY,
+     "new user agents the doorkeeper did not let in: classified, not kept, as seen for the first time"},
     {"key_bytes", T_PYSSIZET, offsetof(Cache, store_used), READONLY,
      "bytes of the keys kept (at most 256 per max_entries, and 64 KiB at least)"},
     {NULL, 0, 0, 0, NULL},
@@ -829,7 +875,8 @@ static PyTypeObject CacheType = {
     .tp_dealloc = (destructor)cache_dealloc,
     .tp_as_sequence = &cache_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "UserAgentCache(max_entries, seed, automaton, tables): user agents' verdicts, bounded; see verdicts()",
+    .tp_doc = "UserAgentCache(max_entries, seed, automaton, tables, *, doorkeeper=False): user agents' verdicts, "
+              "bounded; see verdicts(). With the doorkeeper, a new ASCII user agent is kept the second time it is seen",
     .tp_methods = cache_methods,
     .tp_members = cache_members,
     .tp_new = cache_new,

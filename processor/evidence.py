@@ -87,8 +87,10 @@ class EvidenceReader:
             for name, kind in zip(self._names, self._kinds)
         ]
         # key id byte + AnyValue bytes -> verdict; bounded in entries and bytes, it starts over when full.
+        # The doorkeeper keeps one-off user agents out (a flood of them would start it over every few
+        # requests, forgetting the ones that come again): the automaton classifies them again cheaply.
         self._user_agents = wire.UserAgentCache(
-            cache_size, _SEED, None if needles is None else needles.automaton, by_needle
+            cache_size, _SEED, None if needles is None else needles.automaton, by_needle, doorkeeper=True
         )
         self._others: dict[tuple[int, bytes], Verdict | None] = {}  # (key id, AnyValue bytes) -> verdict
         self._cache_size = cache_size

@@ -1,7 +1,7 @@
 """The user-agent cache (``processor/_user_agents.c``): what it answers, and what it keeps.
 
 Its verdicts are checked against the classifier in ``test_wire.py``; here, against a model (a plain
-search and a dict that starts over when full), and its bounds: entries, bytes of keys, a key too
+search and a dict that starts over when full, with or without the doorkeeper), and its bounds: entries, bytes of keys, a key too
 long to keep, references released when it starts over, bad arguments refused.
 """
 
@@ -23,8 +23,10 @@ TABLES = [[], ["robot", "client", "browser", "nothing"]]  # key id 1: a verdict 
 KEY_ID = 1
 
 
-def _cache(max_entries: int = 100) -> wire.UserAgentCache:
-    return wire.UserAgentCache(max_entries, bytes(16), FirstNeedle(NEEDLES, [0, 1, 2]).automaton, TABLES)
+def _cache(max_entries: int = 100, doorkeeper: bool = False) -> wire.UserAgentCache:
+    return wire.UserAgentCache(
+        max_entries, bytes(16), FirstNeedle(NEEDLES, [0, 1, 2]).automaton, TABLES, doorkeeper=doorkeeper
+    )
 
 
 def _request(texts: list[str]) -> tuple[bytes, array]:
@@ -67,6 +69,54 @@ def test_cache_answers_what_the_model_does(requests: list[list[str]]) -> None:
                 model.add(text)
         assert len(cache) == len(model) <= 4
         assert all(cache.get(_key(text)) == _expected(text) for text in model)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.lists(st.sampled_from(["Bot/1", "curl/8", "Mozilla/5.0", "MOZILLA/5.0 bot", "x", "y", "z/1"]), max_size=12), max_size=20))
+def test_with_the_doorkeeper_the_cache_answers_what_the_model_does(requests: list[list[str]]) -> None:
+    """With the doorkeeper (what the processor runs), the verdicts are the same; a new user agent is
+    kept the second time it is seen, in a later request or the same one."""
+    cache = _cache(max_entries=4, doorkeeper=True)
+    model: set[str] = set()
+    seen: set[str] = set()
+    for texts in requests:
+        assert cache.verdicts(*_request(texts), _no_fallback) == {r: _expected(t) for r, t in enumerate(texts)}
+        for text in [t for t in texts if t not in model]:
+            if text not in seen:
+                seen.add(text)
+            elif text not in model:
+                if len(model) >= 4:
+                    model.clear()
+                model.add(text)
+        assert len(cache) == len(model) <= 4
+        assert all(cache.get(_key(text)) == _expected(text) for text in model)
+
+
+def test_the_doorkeeper_keeps_one_off_user_agents_out() -> None:
+    """A flood of user agents seen once is classified, not kept (but for the doorkeeper's rare false
+    positive), so the cache does not start over; seen again, they are kept."""
+    cache = _cache(max_entries=5000, doorkeeper=True)
+    texts = [f"Mozilla/5.0 agent {n}" if n % 2 else f"curl/8 {n}" for n in range(2000)]
+    for start in range(0, 2000, 500):
+        request = texts[start : start + 500]
+        assert cache.verdicts(*_request(request), _no_fallback) == {r: _expected(t) for r, t in enumerate(request)}
+    assert len(cache) <= 20 and cache.first_sightings + len(cache) == 2000 and cache.cleared == 0
+    for start in range(0, 2000, 500):
+        cache.verdicts(*_request(texts[start : start + 500]), _no_fallback)
+    assert len(cache) == 2000 and cache.cleared == 0
+    assert all(cache.get(_key(text)) == _expected(text) for text in texts)
+
+
+def test_the_doorkeeper_starts_over_once_it_has_seen_enough() -> None:
+    """Its bits start over after 32,768 first sightings: what it saw before is new to it again."""
+    cache = _cache(max_entries=100, doorkeeper=True)
+    cache.verdicts(*_request(["bot once"]), _no_fallback)
+    others = [f"agent {n}" for n in range(40_000)]
+    for start in range(0, len(others), 1000):
+        cache.verdicts(*_request(others[start : start + 1000]), _no_fallback)
+    before = cache.first_sightings
+    assert cache.verdicts(*_request(["bot once"]), _no_fallback) == {0: "robot"}
+    assert cache.first_sightings == before + 1 and cache.get(_key("bot once")) is None
 
 
 _PIECES = st.sampled_from(["bot", "BO", "t", "cu", "rl/", "Mozilla/", "mozil", "la/5.0 ", "x", "y" * 7, "z" * 31, " "])
@@ -153,9 +203,11 @@ def test_the_bytes_kept_are_bounded() -> None:
     assert cache.cleared >= 3 and len(cache) < 100
 
 
-def test_the_fallback_decides_any_other_value_once_per_request() -> None:
+@pytest.mark.parametrize("doorkeeper", [False, True])
+def test_the_fallback_decides_any_other_value_once_per_request(doorkeeper: bool) -> None:
     """Not one ASCII string (an array, non-ASCII text, an empty string): the fallback's verdict,
-    asked once however often it occurs, and kept; an exception from it leaves the cache usable."""
+    asked once however often it occurs, and kept (the doorkeeper lets these in at once: each costs a
+    call into Python); an exception from it leaves the cache usable."""
     odd = [AnyValue(string_value="été bot"), AnyValue(int_value=3), AnyValue(string_value="")]
     payload, entries = bytearray(), array("I")
     for record, value in enumerate(odd * 2):
@@ -168,11 +220,12 @@ def test_the_fallback_decides_any_other_value_once_per_request() -> None:
         asked.append(key)
         return None if key[1:] == odd[2].SerializeToString() else ("decoded", key)
 
-    cache = _cache()
+    cache = _cache(doorkeeper=doorkeeper)
     own = cache.verdicts(bytes(payload), entries, fallback)
     keys = [bytes((KEY_ID,)) + value.SerializeToString() for value in odd]
     assert asked == keys
     assert own == {0: ("decoded", keys[0]), 1: ("decoded", keys[1]), 3: ("decoded", keys[0]), 4: ("decoded", keys[1])}
+    assert len(cache) == 3 and cache.first_sightings == 0
 
     def broken(key: bytes):
         raise RuntimeError("classifier failed")
