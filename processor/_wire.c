@@ -651,7 +651,18 @@ static int index_record(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ss
     return 1;
 }
 
-static int index_scope_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, int depth, long *records, index_t *out)
+/* Appends a field as it came, buf[f->tag_at:at], to *skeleton: the message without its children, which
+ * is what a held record keeps of the ResourceLogs and ScopeLogs it came in. Built on the walk that
+ * checks the message, not by a second one: a ScopeLogs holds hundreds of records and one or two
+ * other fields. An unknown group is kept whole. 0 with an exception if out of memory. */
+static inline int keep_field(PyObject **skeleton, const uint8_t *buf, const field_t *f, Py_ssize_t at)
+{
+    PyBytes_ConcatAndDel(skeleton, PyBytes_FromStringAndSize((const char *)buf + f->tag_at, at - f->tag_at));
+    return *skeleton != NULL;
+}
+
+static int index_scope_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, int depth, long *records,
+                            index_t *out, PyObject **skeleton)
 {
     Py_ssize_t at = start;
     while (at < stop) {
@@ -662,32 +673,15 @@ static int index_scope_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, P
             if (!index_record(w, buf, f.start, f.end, depth + 1, *records, out))
                 return 0;
             (*records)++;
+        } else if (!keep_field(skeleton, buf, &f, at)) {
+            return 0;
         }
     }
     return 1;
 }
 
-/* The message buf[start:stop] (already checked) without its fields ``number`` (its children): what a
- * held record keeps of the ResourceLogs and ScopeLogs it came in. */
-static PyObject *without(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, uint32_t number)
-{
-    PyObject *kept = PyBytes_FromStringAndSize(NULL, 0);
-    Py_ssize_t at = start;
-    while (kept != NULL && at < stop) {
-        field_t f;
-        if (!next_field(buf, &at, stop, &f)) {
-            Py_DECREF(kept);
-            malformed();
-            return NULL;
-        }
-        if (f.number != number || f.wire_type != 2)
-            PyBytes_ConcatAndDel(&kept, PyBytes_FromStringAndSize((const char *)buf + f.tag_at, at - f.tag_at));
-    }
-    return kept;
-}
-
 typedef struct {
-    Py_ssize_t start, end;
+    PyObject *skeleton;
     long first, count;
 } scope_t;
 
@@ -696,41 +690,47 @@ static int index_resource_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start
 {
     Py_ssize_t at = start, nscopes = 0, capacity = 0;
     scope_t *scopes = NULL;
-    PyObject *resource = PyBytes_FromStringAndSize(NULL, 0);
-    int ok = resource != NULL;
+    PyObject *resource = PyBytes_FromStringAndSize(NULL, 0), *skeleton = PyBytes_FromStringAndSize(NULL, 0);
+    int ok = resource != NULL && skeleton != NULL;
     while (ok && at < stop) {
         field_t f;
         if (!next_checked(&w->v, buf, &at, stop, w->resource_logs_type, depth, 2, 0, &f)) {
             ok = 0;
-        } else if (f.number == 1 && f.wire_type == 2) {
-            PyBytes_ConcatAndDel(&resource, PyBytes_FromStringAndSize((const char *)buf + f.start, f.end - f.start));
-            ok = resource != NULL;
         } else if (f.number == 2 && f.wire_type == 2) {
             long first = *records;
-            ok = index_scope_logs(w, buf, f.start, f.end, depth + 1, records, out);
-            if (ok && nscopes == capacity) {
+            if (nscopes == capacity) {
                 capacity = capacity ? 2 * capacity : 4;
                 scope_t *grown = PyMem_Realloc(scopes, (size_t)capacity * sizeof *scopes);
                 if (grown == NULL) {
                     PyErr_NoMemory();
                     ok = 0;
-                } else {
-                    scopes = grown;
+                    break;
                 }
+                scopes = grown;
             }
-            if (ok)
-                scopes[nscopes++] = (scope_t){f.start, f.end, first, *records - first};
+            scope_t *scope = &scopes[nscopes];
+            if ((scope->skeleton = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
+                ok = 0;
+                break;
+            }
+            nscopes++;
+            ok = index_scope_logs(w, buf, f.start, f.end, depth + 1, records, out, &scope->skeleton);
+            scope->first = first;
+            scope->count = *records - first;
+        } else {
+            if (f.number == 1 && f.wire_type == 2) {
+                PyBytes_ConcatAndDel(&resource, PyBytes_FromStringAndSize((const char *)buf + f.start, f.end - f.start));
+                ok = resource != NULL;
+            }
+            ok = ok && keep_field(&skeleton, buf, &f, at);
         }
     }
-    /* The skeletons only once the whole ResourceLogs is known to be valid. */
-    PyObject *skeleton = ok ? without(buf, start, stop, 2) : NULL;
-    ok = ok && skeleton != NULL;
-    for (Py_ssize_t i = 0; ok && i < nscopes; i++) {
-        PyObject *scope = without(buf, scopes[i].start, scopes[i].end, 2);
-        ok = scope != NULL &&
-             append_new(out->groups, Py_BuildValue("lOOll", which, skeleton, scope, scopes[i].first, scopes[i].count));
-        Py_XDECREF(scope);
-    }
+    /* The groups only once the whole ResourceLogs is known to be valid. */
+    for (Py_ssize_t i = 0; ok && i < nscopes; i++)
+        ok = scopes[i].skeleton != NULL &&
+             append_new(out->groups, Py_BuildValue("lOOll", which, skeleton, scopes[i].skeleton, scopes[i].first, scopes[i].count));
+    for (Py_ssize_t i = 0; i < nscopes; i++)
+        Py_XDECREF(scopes[i].skeleton);
     PyMem_Free(scopes);
     Py_XDECREF(skeleton);
     if (!ok) {

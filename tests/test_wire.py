@@ -477,6 +477,27 @@ def test_index_reports_spans_trace_ids_candidates_and_groups() -> None:
     assert [payload[found.spans[2 * i] : found.spans[2 * i + 1]] for i in range(4)] == [r.SerializeToString() for r in records]
 
 
+def test_index_groups_keep_each_message_without_its_children_as_it_came() -> None:
+    """What a held record keeps of its ResourceLogs and ScopeLogs: every field but their children
+    (scope_logs, log_records), in order and as they came, unknown ones too; an unknown group is kept
+    whole, even one holding a field numbered as the children are."""
+    group = _tag(101, 3) + _field(2, b"not a child") + _tag(101, 4)
+    extra = _unknown_fields()
+    record = _record(severity=17, text="ERROR").SerializeToString()
+    scope_own = [_field(1, InstrumentationScope(name="pino").SerializeToString()), extra, group, _field(3, b"https://s")]
+    scope_logs = scope_own[0] + _field(2, record) + scope_own[1] + _field(2, record) + scope_own[2] + scope_own[3]
+    resource = Resource(attributes=[_kv("service.name", "a")]).SerializeToString()
+    resource_own = [group, _field(1, resource), extra, _field(3, b"https://r")]
+    resource_logs = resource_own[0] + _field(2, scope_logs) + resource_own[1] + resource_own[2] + _field(2, scope_logs) + resource_own[3]
+    payload = _field(1, resource_logs)
+    ExportLogsServiceRequest.FromString(payload)  # valid, as upb reads it
+    found = wire.index(payload, (), b"", (), 13)
+    assert [(which, first, count) for which, _, _, first, count in found.groups] == [(0, 0, 2), (0, 2, 2)]
+    assert all(skeleton == b"".join(resource_own) for _, skeleton, _, _, _ in found.groups)
+    assert all(scope == b"".join(scope_own) for _, _, scope, _, _ in found.groups)
+    assert found.resources == [resource]
+
+
 @pytest.mark.parametrize(
     "attributes, body, rejected",
     [
