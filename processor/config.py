@@ -144,8 +144,8 @@ VARIABLES: tuple[Variable, ...] = (
         "TRIAGE_UA_CACHE_SIZE",
         "10000",
         f"User agents whose classification is kept, at most {MAX_UA_CACHE_SIZE} (bounded in count and in bytes, 256 per"
-        " entry on average; a user agent over 1 KiB is classified every time; the cache starts over when full; a new user agent is"
-        " kept the second time it is seen).",
+        " entry on average; a user agent over 1 KiB is classified every time; the cache starts over when full; a new plain-ASCII"
+        " user agent is kept the second time it is seen).",
     ),
     Variable("TRIAGE_LOG_LEVEL", "info", "The processor's own log level on stderr (debug, info, warning, error)."),
     Variable(
