@@ -1,8 +1,9 @@
 """The user-agent cache (``processor/_user_agents.c``): what it answers, and what it keeps.
 
 Its verdicts are checked against the classifier in ``test_wire.py``; here, against a model (a plain
-search and a dict that starts over when full, with or without the doorkeeper), and its bounds: entries, bytes of keys, a key too
-long to keep, references released when it starts over, bad arguments refused.
+search and a dict that starts over when full, with or without the doorkeeper), and its bounds:
+entries, bytes of keys, a key too long to keep, references released when it starts over, bad
+arguments refused.
 """
 
 from __future__ import annotations
