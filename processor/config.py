@@ -135,8 +135,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "TRIAGE_EXPORT_MAX_BYTES",
         str(DEFAULT_EXPORT_MAX_BYTES),
-        "Largest export call: requests waiting for a free export worker go out together up to this size"
-        " (a larger request goes alone). Lower it if the backend accepts less.",
+        "Largest export call: requests waiting for a free export worker go out together up to this size,"
+        " and a larger request goes as several calls. Lower it if the backend accepts less.",
     ),
     Variable("TRIAGE_RETRY_MAX_INTERVAL", "30", "Longest wait in seconds between export retries (backoff cap)."),
     Variable("TRIAGE_SHUTDOWN_TIMEOUT", "20", "Seconds to drain the queue to the backend after SIGTERM."),

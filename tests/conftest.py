@@ -191,9 +191,15 @@ class Sink:
     """A running tests/sink.py and what it has recorded."""
 
     def __init__(
-        self, directory: Path, fail_first: int = 0, failing: bool = False, ports: tuple[int, int] | None = None
+        self,
+        directory: Path,
+        fail_first: int = 0,
+        failing: bool = False,
+        ports: tuple[int, int] | None = None,
+        max_message_bytes: int | None = None,
     ):
-        """``ports`` (gRPC, HTTP): listen there, as a backend coming back at its old address."""
+        """``ports`` (gRPC, HTTP): listen there, as a backend coming back at its old address.
+        ``max_message_bytes``: refuse larger requests, as a Collector does (4 MiB over gRPC)."""
         self.out = directory / "sink.jsonl"
         self.control = directory / "sink-failing"
         ready = directory / "sink-ready.json"
@@ -204,6 +210,8 @@ class Sink:
         command += ["--fail-first", str(fail_first), "--fail-while", str(self.control)]
         if ports is not None:
             command += ["--grpc-port", str(ports[0]), "--http-port", str(ports[1])]
+        if max_message_bytes is not None:
+            command += ["--max-message-bytes", str(max_message_bytes)]
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=err, env=_clean_env(), cwd=ROOT

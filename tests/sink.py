@@ -2,6 +2,7 @@
 
     python tests/sink.py --out FILE --ready FILE [--grpc-port 0] [--http-port 0]
                          [--fail-first N] [--fail-while PATH] [--lifetime SECONDS]
+                         [--max-message-bytes N]
 
 When both servers listen, it writes ``{"grpc_port": P, "http_port": Q}`` to the ``--ready`` file.
 Each Export request (gRPC ``LogsService/Export`` or HTTP ``POST /v1/logs``, protobuf, optionally gzip)
@@ -12,6 +13,10 @@ is answered by the first of these that applies:
 2. a request holding a record whose attribute ``sink.reject`` is true: INVALID_ARGUMENT / 400 — permanent;
 3. records whose attribute ``sink.partial`` is true are refused, the rest kept: partial success;
 4. otherwise everything is kept: success.
+
+A request larger than ``--max-message-bytes`` (default 64 MiB; the OTel Collector's OTLP receiver
+takes 4 MiB over gRPC) is refused before any of that, as the Collector refuses it: gRPC's own
+RESOURCE_EXHAUSTED, HTTP 413; neither is recorded.
 
 Every request appends one JSON line to ``--out``:
 ``{"transport": "grpc"|"http", "answer": "unavailable"|"invalid"|"partial"|"ok", "records": <received>,
@@ -105,7 +110,7 @@ def response(refused: int) -> ExportLogsServiceResponse:
     return result
 
 
-def grpc_server(backend: Backend, port: int) -> tuple[grpc.Server, int]:
+def grpc_server(backend: Backend, port: int, max_message_bytes: int) -> tuple[grpc.Server, int]:
     def export(request: ExportLogsServiceRequest, context: grpc.ServicerContext) -> ExportLogsServiceResponse:
         answer, refused = backend.answer("grpc", request)
         if answer == "unavailable":
@@ -125,19 +130,22 @@ def grpc_server(backend: Backend, port: int) -> tuple[grpc.Server, int]:
             )
         },
     )
-    server = grpc.server(ThreadPoolExecutor(8), options=[("grpc.max_receive_message_length", 64 << 20)])
+    server = grpc.server(ThreadPoolExecutor(8), options=[("grpc.max_receive_message_length", max_message_bytes)])
     server.add_generic_rpc_handlers((handler,))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server, bound
 
 
-def http_server(backend: Backend, port: int) -> ThreadingHTTPServer:
+def http_server(backend: Backend, port: int, max_message_bytes: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if len(body) > max_message_bytes:
+                status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="sink: request too large")
+                return self.reply(413, status.SerializeToString())
             if self.path != "/v1/logs":
                 return self.reply(404, b"")
             if self.headers.get("Content-Encoding", "").lower() == "gzip":
@@ -185,14 +193,17 @@ def main() -> int:
     parser.add_argument(
         "--lifetime", type=float, default=300.0, help="exit after this many seconds regardless"
     )
+    parser.add_argument(
+        "--max-message-bytes", type=int, default=64 << 20, help="refuse larger requests (RESOURCE_EXHAUSTED / 413)"
+    )
     args = parser.parse_args()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     backend = Backend(args.out, args.fail_first, args.fail_while)
-    grpc_srv, grpc_port = grpc_server(backend, args.grpc_port)
-    http_srv = http_server(backend, args.http_port)
+    grpc_srv, grpc_port = grpc_server(backend, args.grpc_port, args.max_message_bytes)
+    http_srv = http_server(backend, args.http_port, args.max_message_bytes)
     temporary = args.ready + ".tmp"
     with open(temporary, "w", encoding="utf-8") as f:
         json.dump({"grpc_port": grpc_port, "http_port": http_srv.server_address[1]}, f)

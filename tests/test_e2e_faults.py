@@ -379,6 +379,28 @@ def test_permanent_errors_and_partial_success_are_counted_not_retried(backend, s
     still_serves(proc, sink)  # nothing wedged
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_request_larger_than_the_backend_takes_arrives_in_parts(backend, sink_factory, processor):
+    """A backend that refuses messages over 4 MiB (the Collector's default over gRPC, and OTLP makes
+    that permanent): a 6 MiB request, acknowledged, still arrives whole, in calls of at most
+    TRIAGE_EXPORT_MAX_BYTES, none dropped."""
+    sink = sink_factory(max_message_bytes=4 * MiB)
+    proc = processor(sink=sink, protocol=backend)
+    ids, records = records_with_ids(12_000, body_bytes=480)
+    payload = export_request(*records).SerializeToString()
+    assert len(payload) > 5 * MiB
+    send_http(proc, records)
+    assert set(sink.wait_ids(ids, timeout=60)) == ids
+    calls = sink.entries()
+    assert len(calls) >= 2 and all(e["answer"] == "ok" for e in calls)
+    assert sum(e["records"] for e in calls) == len(ids)  # each record once
+    metrics = wait_for(
+        lambda: (m := proc.metrics()).get("triage_records_forwarded_total") == len(ids) and m, 10, "forwarded"
+    )
+    assert not any(k.startswith("triage_records_dropped_total") and v for k, v in metrics.items())
+    still_serves(proc, sink)
+
+
 # --- SIGTERM with records still queued -----------------------------------------------------------------
 
 

@@ -25,6 +25,8 @@ import random
 from ..config import DEFAULT_EXPORT_MAX_BYTES
 from ..metrics import Metrics
 from ..queue import Batch, BoundedQueue
+from ..wire import Malformed
+from .split import split
 from .transports import Permanent, Retryable, Sent
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,20 @@ class Exporter:
         return delay
 
     async def deliver_together(self, batches: list[Batch]) -> None:
-        """``deliver`` the batches as one export call; if the backend refuses it permanently, one by one."""
+        """``deliver`` the batches as one export call; if the backend refuses it permanently, one by one.
+        A batch larger than a call may be goes as several (``split``)."""
         if len(batches) == 1:
-            await self.deliver(batches[0])
+            batch = batches[0]
+            if len(batch.payload) <= self.max_call_bytes:
+                await self.deliver(batch)
+                return
+            try:
+                parts = split(batch.payload, self.max_call_bytes)
+            except Malformed:  # not ours to judge here: the backend says what it makes of it
+                parts = [(batch.payload, batch.records)]
+            log.debug("a request of %d bytes goes as %d export calls", len(batch.payload), len(parts))
+            for payload, records in parts:
+                await self.deliver(Batch(payload, records))
             return
         # A copy outside the queue's memory bound: at most max_call_bytes per worker.
         joined = Batch(b"".join(batch.payload for batch in batches), sum(batch.records for batch in batches))
