@@ -401,6 +401,24 @@ def test_a_request_larger_than_the_backend_takes_arrives_in_parts(backend, sink_
     still_serves(proc, sink)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_call_the_backend_refuses_as_too_large_is_sent_again_in_halves(backend, sink_factory, processor):
+    """The backend's limit (1 MiB) is below TRIAGE_EXPORT_MAX_BYTES (4 MiB): the 3 MiB call it refuses
+    (RESOURCE_EXHAUSTED / 413) is halved until it fits; nothing is dropped, and the log says what to set."""
+    sink = sink_factory(max_message_bytes=1 * MiB)
+    proc = processor(sink=sink, protocol=backend)
+    ids, records = records_with_ids(6_000, body_bytes=480)
+    send_http(proc, records)
+    assert set(sink.wait_ids(ids, timeout=60)) == ids
+    assert sum(e["records"] for e in sink.entries()) == len(ids)
+    metrics = wait_for(
+        lambda: (m := proc.metrics()).get("triage_records_forwarded_total") == len(ids) and m, 10, "forwarded"
+    )
+    assert not any(k.startswith("triage_records_dropped_total") and v for k, v in metrics.items())
+    assert metrics['triage_export_requests_total{outcome="permanent_failure"}'] >= 1
+    assert "set TRIAGE_EXPORT_MAX_BYTES below the backend's limit" in proc.stderr()
+
+
 # --- SIGTERM with records still queued -----------------------------------------------------------------
 
 

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 INITIAL_BACKOFF_S = 0.5
 MAX_HINT_S = 300.0  # a server's Retry-After is honoured, up to this
+# A call refused as too large is halved (and halved again) down to this size: smaller, a backend's
+# RESOURCE_EXHAUSTED is more likely a quota than a size limit, and halving would multiply calls.
+MIN_HALVED_BYTES = 64 * 1024
 
 
 class Exporter:
@@ -142,6 +145,8 @@ class Exporter:
                 self.metrics.export_requests.labels("permanent_failure").inc()
                 if split_on_permanent:
                     return False
+                if outcome.too_large and await self._deliver_halves(batch, outcome.reason):
+                    return True
                 self.metrics.records_dropped.labels("permanent_error").inc(batch.records)
                 log.error("backend refused %d records permanently, not retrying: %s", batch.records, outcome.reason)
                 return True
@@ -153,6 +158,27 @@ class Exporter:
             log.log(level, "export failed, retrying in %.1fs (attempt %d): %s", delay, attempt + 1, outcome.reason)
             attempt += 1
             await asyncio.sleep(delay)
+
+    async def _deliver_halves(self, batch: Batch, reason: str) -> bool:
+        """A call the backend refused as too large, sent again as calls of at most half its size
+        (each halved again if refused again); False if it cannot be cut (one record, or small enough
+        that size is not the likely reason)."""
+        if len(batch.payload) < MIN_HALVED_BYTES:
+            return False
+        try:
+            parts = split(batch.payload, len(batch.payload) // 2)
+        except Malformed:
+            return False
+        if len(parts) < 2:
+            return False
+        log.warning(
+            "backend refused a call of %d bytes as too large (%s); sending it as %d calls: "
+            "set TRIAGE_EXPORT_MAX_BYTES below the backend's limit",
+            len(batch.payload), reason, len(parts),
+        )
+        for payload, records in parts:
+            await self.deliver(Batch(payload, records))
+        return True
 
     async def stop(self) -> int:
         """Cancel the workers; returns how many acknowledged records were not delivered (yet)."""

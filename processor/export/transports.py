@@ -57,6 +57,7 @@ class Retryable:
 @dataclass(frozen=True)
 class Permanent:
     reason: str
+    too_large: bool = False  # the backend refused the message's size (HTTP 413, gRPC RESOURCE_EXHAUSTED)
 
 
 Outcome = Sent | Retryable | Permanent
@@ -133,7 +134,8 @@ class GrpcTransport:
             reason = f"gRPC {code.name}: {error.details()}"
             if code in _RETRYABLE_CODES or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and hint is not None):
                 return Retryable(reason, hint)
-            return Permanent(reason)
+            # Without a retry hint, RESOURCE_EXHAUSTED is how a gRPC server refuses a message over its limit.
+            return Permanent(reason, too_large=code == grpc.StatusCode.RESOURCE_EXHAUSTED)
         partial = response.partial_success
         return Sent(partial.rejected_log_records, partial.error_message)
 
@@ -196,7 +198,7 @@ class HttpTransport:
         reason = f"HTTP {status}: {_status_message(content)}"
         if status in _RETRYABLE_HTTP:
             return Retryable(reason, _parse_retry_after(retry_after))
-        return Permanent(reason)
+        return Permanent(reason, too_large=status == 413)
 
     async def close(self) -> None:
         if self._session is not None:
