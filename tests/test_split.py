@@ -89,3 +89,13 @@ def test_a_record_larger_than_the_limit_goes_alone() -> None:
     parts = split(payload, 1000)
     assert [len(flat(part)) for part, _ in parts] == [1, 1, 1]
     assert [len(part) > 1000 for part, _ in parts] == [False, True, False]
+
+
+def test_scope_logs_without_records_are_cut_too() -> None:
+    """Even ScopeLogs with no records count against the limit (a request can be all of them)."""
+    empty = [ScopeLogs(scope=InstrumentationScope(name=f"s{n}")) for n in range(10_000)]
+    payload = ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=empty)]).SerializeToString()
+    parts = split(payload, 1000)
+    assert all(len(part) <= 1000 and count == 0 for part, count in parts)
+    names = [sl.scope.name for part, _ in parts for rl in ExportLogsServiceRequest.FromString(part).resource_logs for sl in rl.scope_logs]
+    assert names == [f"s{n}" for n in range(10_000)]

@@ -38,6 +38,12 @@ MAX_HINT_S = 300.0  # a server's Retry-After is honoured, up to this
 MIN_HALVED_BYTES = 64 * 1024
 
 
+async def _split(payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
+    """``split`` in a thread: a request of millions of tiny messages takes seconds to cut, and the
+    event loop (health checks, receivers) must go on meanwhile."""
+    return await asyncio.to_thread(split, payload, max_bytes)
+
+
 class Exporter:
     def __init__(
         self,
@@ -105,7 +111,7 @@ class Exporter:
                 await self.deliver(batch)
                 return
             try:
-                parts = split(batch.payload, self.max_call_bytes)
+                parts = await _split(batch.payload, self.max_call_bytes)
             except Malformed:  # not ours to judge here: the backend says what it makes of it
                 parts = [(batch.payload, batch.records)]
             log.debug("a request of %d bytes goes as %d export calls", len(batch.payload), len(parts))
@@ -166,7 +172,7 @@ class Exporter:
         if len(batch.payload) < MIN_HALVED_BYTES:
             return False
         try:
-            parts = split(batch.payload, len(batch.payload) // 2)
+            parts = await _split(batch.payload, len(batch.payload) // 2)
         except Malformed:
             return False
         if len(parts) < 2:

@@ -69,21 +69,22 @@ def _cut_resource_logs(field: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
     scopes: list[bytes] = []  # the piece's finished ScopeLogs
     records: list[bytes] = []  # the open ScopeLogs' records
     in_piece = 0
+    size = _FRAME + len(resource_logs)  # the piece so far, framed: kept as it grows (no re-summing)
     for _, _, scope_logs, first, count in found.groups:
-        size = _FRAME + len(resource_logs) + sum(map(len, scopes)) + _FRAME * len(scopes)
-        if in_piece and size + _FRAME + len(scope_logs) > max_bytes:  # not even the ScopeLogs' own fields fit
+        opening = _FRAME + len(scope_logs)
+        if scopes and size + opening > max_bytes:  # not even the ScopeLogs' own fields fit
             pieces.append((_resource_logs_field(resource_logs, scopes), in_piece))
             scopes, in_piece = [], 0
             size = _FRAME + len(resource_logs)
-        size += _FRAME + len(scope_logs)
+        size += opening
         for i in range(first, first + count):
             record = field[spans[2 * i] : spans[2 * i + 1]]
-            if in_piece and size + _FRAME + len(record) > max_bytes:
+            if (scopes or records) and size + _FRAME + len(record) > max_bytes:
                 if records:
                     scopes.append(wire.fields(2, scope_logs, records))
                 pieces.append((_resource_logs_field(resource_logs, scopes), in_piece))
                 scopes, records, in_piece = [], [], 0
-                size = 2 * _FRAME + len(resource_logs) + len(scope_logs)
+                size = _FRAME + len(resource_logs) + opening
             records.append(record)
             size += _FRAME + len(record)
             in_piece += 1
