@@ -408,7 +408,15 @@ typedef struct {
     validation_t v;           /* the walk checks what it walks as validate() would */
     Py_ssize_t resource_logs_type, scope_logs_type, record_type, kv_type, any_type; /* in v.schema */
     int string_value_is_string; /* AnyValue's field 1 is a string in the schema (OTLP's string_value) */
+    /* At most this many records, and this many ResourceLogs and ScopeLogs, else TooMany: the index
+     * keeps a few dozen bytes per message, so a 30 KiB gzip body of 16 million empty ScopeLogs
+     * would otherwise cost 1.7 GB and seconds before any limit is looked at. */
+    long long max_count;
+    long long messages;       /* ResourceLogs and ScopeLogs so far */
+    const char *too_many;     /* what passed max_count, when it did */
 } wanted_t;
+
+static PyObject *TooMany;     /* processor._wire.TooMany (ValueError) */
 
 typedef struct {
     int key;
@@ -670,6 +678,8 @@ static int index_scope_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start, P
         if (!next_checked(&w->v, buf, &at, stop, w->scope_logs_type, depth, 2, 0, &f))
             return 0;
         if (f.number == 2 && f.wire_type == 2) {
+            if (*records >= w->max_count)
+                return (w->too_many = "log records"), 0;
             if (!index_record(w, buf, f.start, f.end, depth + 1, *records, out))
                 return 0;
             (*records)++;
@@ -698,6 +708,11 @@ static int index_resource_logs(wanted_t *w, const uint8_t *buf, Py_ssize_t start
             ok = 0;
         } else if (f.number == 2 && f.wire_type == 2) {
             long first = *records;
+            if (++w->messages > w->max_count) {
+                w->too_many = "ResourceLogs and ScopeLogs";
+                ok = 0;
+                break;
+            }
             if (nscopes == capacity) {
                 capacity = capacity ? 2 * capacity : 4;
                 scope_t *grown = PyMem_Realloc(scopes, (size_t)capacity * sizeof *scopes);
@@ -753,9 +768,11 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
     Py_buffer payload;
     wanted_t w;
     PyObject *kinds, *schema;
-    if (!PyArg_ParseTuple(args, "y*O!O!O!O!L", &payload, &PyBytes_Type, &schema, &PyTuple_Type, &w.keys, &PyBytes_Type,
-                          &kinds, &PyTuple_Type, &w.health_paths, &w.min_severity))
+    if (!PyArg_ParseTuple(args, "y*O!O!O!O!LL", &payload, &PyBytes_Type, &schema, &PyTuple_Type, &w.keys, &PyBytes_Type,
+                          &kinds, &PyTuple_Type, &w.health_paths, &w.min_severity, &w.max_count))
         return NULL;
+    w.messages = 0;
+    w.too_many = NULL;
     w.nkeys = PyTuple_GET_SIZE(w.keys);
     w.kinds = PyBytes_AS_STRING(kinds);
     w.v.schema = (const uint8_t *)PyBytes_AS_STRING(schema);
@@ -828,10 +845,14 @@ static PyObject *wire_index(PyObject *Py_UNUSED(module), PyObject *args)
             field_t f;
             if (!next_checked(&w.v, buf, &at, stop, 0, 0, 1, 0, &f))
                 ok = 0;
+            else if (f.number == 1 && f.wire_type == 2 && ++w.messages > w.max_count)
+                ok = 0, w.too_many = "ResourceLogs and ScopeLogs";
             else if (f.number == 1 && f.wire_type == 2)
                 ok = index_resource_logs(&w, buf, f.start, f.end, 1, which++, &records, &out);
         }
-        if (ok)
+        if (w.too_many != NULL && !PyErr_Occurred())
+            PyErr_Format(TooMany, "more than %lld %s in one request", w.max_count, w.too_many);
+        else if (ok)
             result = Py_BuildValue("OOOOOOOOnn", out.spans, out.trace_ids, out.candidates, out.user_agents, out.hits, out.odd,
                                    out.groups, out.resources, out.largest, out.most_attributes);
         else if (!PyErr_Occurred()) /* not valid: what is wrong, instead of the index */
@@ -1368,8 +1389,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
-     "index(payload, schema, keys, kinds, health_paths, min_severity) -> (spans, trace_ids, candidates, user_agents, "
-     "hits, odd, groups, resources, largest, most_attributes); or, if upb would not decode payload, what is wrong"},
+     "index(payload, schema, keys, kinds, health_paths, min_severity, max_count) -> (spans, trace_ids, candidates, "
+     "user_agents, hits, odd, groups, resources, largest, most_attributes); or, if upb would not decode payload, what is "
+     "wrong; TooMany past max_count records, or max_count ResourceLogs and ScopeLogs"},
     {"assemble", wire_assemble, METH_VARARGS,
      "assemble(payload, records, resources) -> bytes: the request with each record's bytes appended, replaced or left out"},
     {"resolve", wire_resolve, METH_VARARGS,
@@ -1392,6 +1414,10 @@ PyMODINIT_FUNC PyInit__wire(void)
 {
     PyObject *created = PyModule_Create(&module);
     if (created != NULL && (trace_table_add_type(created) < 0 || user_agents_add_to(created) < 0))
+        Py_CLEAR(created);
+    if (created != NULL && TooMany == NULL)
+        TooMany = PyErr_NewException("processor._wire.TooMany", PyExc_ValueError, NULL);
+    if (created != NULL && (TooMany == NULL || PyModule_AddObjectRef(created, "TooMany", TooMany) < 0))
         Py_CLEAR(created);
     return created;
 }

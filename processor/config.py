@@ -103,7 +103,11 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("TRIAGE_MAX_REQUEST_BYTES", str(8 * MiB), "Largest request body accepted as sent (compressed)."),
     Variable("TRIAGE_MAX_DECOMPRESSED_BYTES", str(32 * MiB), "Largest request accepted after decompression."),
-    Variable("TRIAGE_MAX_RECORDS_PER_REQUEST", "100000", "Requests with more log records are refused (400)."),
+    Variable(
+        "TRIAGE_MAX_RECORDS_PER_REQUEST",
+        "100000",
+        "Requests with more log records, or more ResourceLogs and ScopeLogs together, are refused (400).",
+    ),
     Variable(
         "TRIAGE_MAX_ATTRIBUTES_PER_RECORD",
         "256",

@@ -136,12 +136,12 @@ class Intake:
         now = time.monotonic()
         try:
             # The pipeline's walk checks the body as upb would, without decoding it ...
-            forward, stats = self.pipeline.process_wire(serialized, now, self.limits)
+            forward, stats = self._process(serialized, now)
         except wire.Malformed as problem:
             # ... and upb has the last word on a body the walk refuses (and says why to the client).
             decoded = self.decode(payload, encoding)
             log.warning("upb decoded a body the wire check refused (%s); forwarding it as upb re-encodes it", problem)
-            forward, stats = self.pipeline.process_wire(decoded.SerializeToString(), now, self.limits)
+            forward, stats = self._process(decoded.SerializeToString(), now)
         if stats.rejected:
             self.metrics.records_rejected.labels("limits").inc(stats.rejected)
         self._count_redactions(stats)
@@ -168,6 +168,16 @@ class Intake:
         if released is not None:
             await self._queue_acknowledged(released)
         return stats
+
+    def _process(self, serialized: bytes, now: float) -> tuple[bytes, Stats]:
+        try:
+            return self.pipeline.process_wire(serialized, now, self.limits)
+        except wire.TooMany as too_many:  # refused by the walk, before it kept anything per message
+            raise Rejected(
+                INVALID,
+                f"{too_many}; the limit is {self.limits.max_records} (TRIAGE_MAX_RECORDS_PER_REQUEST, which also"
+                " bounds ResourceLogs and ScopeLogs)",
+            ) from None
 
     def admit(self, size: int) -> None:
         if not self.accepting:

@@ -98,11 +98,24 @@ class Malformed(ValueError):
     """A body upb would not decode as an ExportLogsServiceRequest; the message says what is wrong."""
 
 
-def index(payload: bytes, keys: tuple[bytes, ...], kinds: bytes, health_paths: tuple[bytes, ...], min_severity: int) -> Index:
+TooMany = _wire.TooMany  # a request with more records, or ResourceLogs and ScopeLogs, than index() may take
+_UNLIMITED = 1 << 62
+
+
+def index(
+    payload: bytes,
+    keys: tuple[bytes, ...],
+    kinds: bytes,
+    health_paths: tuple[bytes, ...],
+    min_severity: int,
+    max_count: int = _UNLIMITED,
+) -> Index:
     """Walk a serialized ExportLogsServiceRequest; ``kinds[i]`` says what to do with ``keys[i]``.
 
-    Raises ``Malformed`` if upb would not decode ``payload``."""
-    found = _wire.index(payload, _LOGS_SCHEMA, keys, kinds, health_paths, min_severity)
+    Raises ``Malformed`` if upb would not decode ``payload``, ``TooMany`` (before walking further)
+    once it holds more than ``max_count`` records, or more than ``max_count`` ResourceLogs and
+    ScopeLogs together."""
+    found = _wire.index(payload, _LOGS_SCHEMA, keys, kinds, health_paths, min_severity, max_count)
     if isinstance(found, str):
         raise Malformed(found)
     spans, trace_ids, candidates, user_agents, *rest = found

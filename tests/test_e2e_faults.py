@@ -229,6 +229,52 @@ def test_grpc_compressed_bomb_is_refused_without_inflating_it(sink: Sink, proces
     still_serves(proc, sink)
 
 
+def _length_delimited(number: int, content: bytes) -> bytes:
+    """A length-delimited protobuf field (field numbers up to 15)."""
+    size, length = len(content), bytearray()
+    while True:
+        length.append((size & 0x7F) | (0x80 if size > 0x7F else 0))
+        size >>= 7
+        if not size:
+            return bytes([number << 3 | 2]) + bytes(length) + content
+
+
+def empty_messages(shape: str, count: int) -> bytes:
+    """A request of ``count`` empty messages: ResourceLogs, ScopeLogs in one ResourceLogs, or
+    LogRecords in one ScopeLogs (2 bytes each)."""
+    empties = b"\x12\x00" * count if shape != "resource_logs" else b"\x0a\x00" * count
+    if shape == "resource_logs":
+        return empties
+    if shape == "scope_logs":
+        return _length_delimited(1, empties)
+    return _length_delimited(1, _length_delimited(2, empties))
+
+
+@pytest.mark.parametrize("shape", ["resource_logs", "scope_logs", "records"])
+def test_millions_of_empty_messages_are_refused_before_they_are_indexed(sink: Sink, processor, shape: str):
+    """15 million empty messages: 30 MiB (under TRIAGE_MAX_DECOMPRESSED_BYTES) in a 30 KiB gzip body.
+    Refused with 400 / INVALID_ARGUMENT naming the limit, without a few dozen bytes kept per message
+    (which took 1.7 GB and 5 s for ScopeLogs); the processor goes on serving."""
+    proc = processor(sink=sink)
+    body = empty_messages(shape, 15_000_000)
+    assert 28 * MiB < len(body) < 32 * MiB
+    bomb = gzip.compress(body)
+    assert len(bomb) < 64 * 1024
+    status, _, response = http_post(proc.http_url, bomb, PROTOBUF, {"Content-Encoding": "gzip"})
+    assert status == 400, response
+    assert "TRIAGE_MAX_RECORDS_PER_REQUEST" in error_status(response, PROTOBUF).message
+    if shape == "scope_logs":
+        client = GrpcClient(proc.grpc_endpoint)
+        try:
+            code, details, _ = client.call(body, compression=grpc.Compression.Gzip)
+        finally:
+            client.close()
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "TRIAGE_MAX_RECORDS_PER_REQUEST" in details
+    peak = proc.status("VmHWM")
+    assert peak < 400 * MiB, f"peak RSS {peak // MiB} MiB"
+    still_serves(proc, sink)
+
+
 LIMIT = 64 * 1024
 
 

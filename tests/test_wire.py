@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ScopeLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from processor.classify import CatalogError, Classifier, Signature
@@ -517,6 +517,25 @@ def test_records_over_a_limit_are_named(attributes: int, body: int, rejected: se
     assert limits.check(found, lambda i: LogRecord.FromString(payload[found.spans[2 * i] : found.spans[2 * i + 1]]))[0] == rejected
     with pytest.raises(Rejected):
         Limits(max_records=1).check(found, None)
+
+
+@pytest.mark.parametrize(
+    "request_, records, messages",
+    [
+        (ExportLogsServiceRequest(resource_logs=[ResourceLogs()] * 5), 0, 5),
+        (ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs()] * 4)]), 0, 5),
+        (ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord()] * 5)])]), 5, 2),
+        (ExportLogsServiceRequest(resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=[LogRecord()] * 2)] * 2)] * 2), 8, 6),
+    ],
+)
+def test_index_stops_past_max_count_records_or_messages(request_, records: int, messages: int) -> None:
+    """At most ``max_count`` records, and ``max_count`` ResourceLogs and ScopeLogs together: one more of
+    either and the walk stops with TooMany, naming which."""
+    payload = request_.SerializeToString()
+    most = max(records, messages)
+    assert len(wire.index(payload, (), b"", (), 13, most).spans) // 2 == records
+    with pytest.raises(wire.TooMany, match="log records" if records > messages else "ResourceLogs and ScopeLogs"):
+        wire.index(payload, (), b"", (), 13, most - 1)
 
 
 def test_index_reports_where_each_user_agent_lies() -> None:
