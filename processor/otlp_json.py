@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -28,14 +29,17 @@ class JsonError(ValueError):
     """An OTLP/JSON payload that cannot be decoded; the message says what is wrong."""
 
 
-def decode(payload: bytes, message: M) -> M:
-    """Fill ``message`` from an OTLP/JSON payload."""
+def decode(payload: bytes, message: M, check: Callable[[dict], None] | None = None) -> M:
+    """Fill ``message`` from an OTLP/JSON payload. ``check``, if given, sees the parsed document
+    first and may refuse it (by raising): building the messages (``json_format``) is pure Python."""
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as e:
         raise JsonError(f"malformed JSON: {e}") from None
     if not isinstance(document, dict):
         raise JsonError("expected a JSON object at the top level")
+    if check is not None:
+        check(document)
     _ids_hex_to_base64(document, 0)
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=True)

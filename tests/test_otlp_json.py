@@ -76,3 +76,36 @@ def test_encode_writes_hex_ids_and_integer_enums() -> None:
     text = otlp_json.encode(request).decode()
     assert '"traceId":"5b8efff798038103d269b633813fc60c"' in text
     assert '"severityNumber":17' in text
+
+
+@pytest.mark.parametrize(
+    "document, refused",
+    [
+        ('{"resourceLogs":[' + ",".join(["{}"] * 11) + "]}", "ResourceLogs and ScopeLogs"),
+        ('{"resource_logs":[{"scopeLogs":[' + ",".join(["{}"] * 10) + "]}]}", "ResourceLogs and ScopeLogs"),
+        ('{"resourceLogs":[{"scope_logs":[{"logRecords":[' + ",".join(["{}"] * 6) + '],"log_records":[' + ",".join(["{}"] * 5) + "]}]}]}", "log records"),
+        ('{"resourceLogs":[{"scopeLogs":[{"logRecords":[' + ",".join(["{}"] * 10) + "]}]}]}", None),
+    ],
+)
+def test_json_requests_over_the_limits_are_refused_before_any_message_is_built(monkeypatch, document: str, refused) -> None:
+    """The walk's limits (TRIAGE_MAX_RECORDS_PER_REQUEST records, as many ResourceLogs and ScopeLogs)
+    on an OTLP/JSON logs request, counted in the parsed document (both spellings of each field)
+    before json_format builds anything: it is pure Python, 3.4 s for a million empty ScopeLogs."""
+    from processor.intake import JSON, Intake, Limits
+    from processor.metrics import Metrics
+    from processor.queue import BoundedQueue
+    from processor.status import Rejected
+
+    from .helpers import pipeline
+
+    intake = Intake(pipeline(), BoundedQueue(1 << 30), Metrics(), 1 << 30, Limits(max_records=10))
+    built = []
+    parse = otlp_json.json_format.ParseDict
+    monkeypatch.setattr(otlp_json.json_format, "ParseDict", lambda *a, **k: built.append(1) or parse(*a, **k))
+    if refused is None:
+        assert len(records(Intake.decode(document.encode(), JSON, check=intake._count_json))) == 10
+        assert built
+        return
+    with pytest.raises(Rejected, match=f"more than 10 {refused}.*TRIAGE_MAX_RECORDS_PER_REQUEST"):
+        Intake.decode(document.encode(), JSON, check=intake._count_json)
+    assert not built
