@@ -99,7 +99,7 @@ class EvidenceReader:
         self._every_record_secret = redactor.active and redactor.literals is None
         self._secrets = Scanner(list(redactor.literals or ()))
 
-    def read(self, payload: bytes, min_severity: int, max_count: int = 1 << 62) -> Evidence:
+    def read(self, payload: bytes, min_severity: int, max_count: int = wire.UNLIMITED) -> Evidence:
         """The evidence of every record of the serialized request ``payload`` (``wire.Malformed`` if
         upb would not decode it; ``wire.TooMany`` past ``max_count``, as ``wire.index``)."""
         found = wire.index(payload, self._keys, self._kinds, self._health_paths, min_severity, max_count)

@@ -10,7 +10,9 @@ import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -189,11 +191,11 @@ class Intake:
         limit = self.limits.max_records
         messages = records = 0
         for resource_logs in _items(document, "resourceLogs", "resource_logs"):
-            for scope_logs in [None, *_items(resource_logs, "scopeLogs", "scope_logs")]:  # None: the ResourceLogs
+            for scope_logs in chain((None,), _items(resource_logs, "scopeLogs", "scope_logs")):  # None: the ResourceLogs
                 messages += 1
                 if messages > limit:
                     raise self._too_many(f"more than {limit} ResourceLogs and ScopeLogs in one request")
-                records += len(_items(scope_logs, "logRecords", "log_records"))
+                records += sum(map(len, _lists(scope_logs, "logRecords", "log_records")))
                 if records > limit:
                     raise self._too_many(f"more than {limit} log records in one request")
 
@@ -293,10 +295,14 @@ class Intake:
         return request
 
 
-def _items(message: Any, *names: str) -> list:
-    """The list a JSON message gives under either spelling of a repeated field (json_format takes
+def _lists(message: Any, *names: str) -> list[list]:
+    """The lists a JSON message gives under either spelling of a repeated field (json_format takes
     both); nothing for anything else, which json_format then refuses or ignores."""
     if not isinstance(message, dict):
         return []
-    found = [message.get(name) for name in names]
-    return [item for value in found if isinstance(value, list) for item in value]
+    return [value for value in map(message.get, names) if isinstance(value, list)]
+
+
+def _items(message: Any, *names: str) -> Iterator:
+    """The items of ``_lists``, without copying them."""
+    return chain.from_iterable(_lists(message, *names))

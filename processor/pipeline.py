@@ -124,14 +124,14 @@ class Pipeline:
 
         ``payload`` is a serialized ExportLogsServiceRequest; ``wire.Malformed`` is raised, before
         anything changes, if upb would not decode it, and ``wire.TooMany`` if it holds more records,
-        or more ResourceLogs and ScopeLogs, than ``limits.max_records``. It is read through ``wire.index`` and written
-        by ``wire.assemble``: a record that needs only its enrichment gets the prepared bytes
-        appended, and nothing else is re-encoded.
+        or more ResourceLogs and ScopeLogs, than ``limits.max_records``. It is read through
+        ``wire.index`` and written by ``wire.assemble``: a record that needs only its enrichment
+        gets the prepared bytes appended, and nothing else is re-encoded.
         Only records with evidence, a possible rule match, a secret or a problem are looked at in
         Python. ``limits`` (``Limits.check``) rejects records, which are then left out (partial success).
         """
         stats = Stats()
-        max_count = limits.max_records if limits is not None else 1 << 62
+        max_count = limits.max_records if limits is not None else wire.UNLIMITED
         evidence = self.evidence.read(payload, self.rules.min_severity_number, max_count)
         found = evidence.index
         spans = found.spans

@@ -99,7 +99,7 @@ class Malformed(ValueError):
 
 
 TooMany = _wire.TooMany  # a request with more records, or ResourceLogs and ScopeLogs, than index() may take
-_UNLIMITED = 1 << 62
+UNLIMITED = 1 << 62  # index()'s max_count when there is no limit
 
 
 def index(
@@ -108,7 +108,7 @@ def index(
     kinds: bytes,
     health_paths: tuple[bytes, ...],
     min_severity: int,
-    max_count: int = _UNLIMITED,
+    max_count: int = UNLIMITED,
 ) -> Index:
     """Walk a serialized ExportLogsServiceRequest; ``kinds[i]`` says what to do with ``keys[i]``.
 
