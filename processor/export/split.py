@@ -26,8 +26,10 @@ def split(payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
     ``max_bytes``, in order: (request, its record count) each."""
     found = wire.index(payload, (), b"", (), _NO_CANDIDATES)
     per_resource = [0] * len(found.resources)
-    for which, _, _, _, count in found.groups:
-        per_resource[which] += count
+    groups_of: list[list[tuple]] = [[] for _ in found.resources]  # per ResourceLogs, its ScopeLogs
+    for group in found.groups:
+        per_resource[group[0]] += group[4]
+        groups_of[group[0]].append(group)
     if len(payload) <= max_bytes:
         return [(payload, sum(per_resource))]
     try:
@@ -43,7 +45,7 @@ def split(payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
         if not resource_logs or len(field) <= max_bytes:  # a ResourceLogs that fits, or a field unknown to OTLP
             cut = [(field, per_resource[which] if resource_logs else 0)]
         else:
-            cut = _cut_resource_logs(field, max_bytes)
+            cut = _cut_resource_logs(payload, field, groups_of[which], found.spans, max_bytes)
         which += resource_logs
         for piece, count in cut:
             if pieces and size + len(piece) > max_bytes:
@@ -57,20 +59,19 @@ def split(payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
     return parts
 
 
-def _cut_resource_logs(field: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
-    """One ResourceLogs, as a request field (tag, length, message), cut into such fields of at most
-    ``max_bytes``, each with the ResourceLogs' own fields and, per ScopeLogs, the ScopeLogs' own."""
-    found = wire.index(field, (), b"", (), _NO_CANDIDATES)  # the field alone is a one-ResourceLogs request
-    spans = found.spans
-    if not found.groups:
+def _cut_resource_logs(payload: bytes, field: bytes, groups: list[tuple], spans, max_bytes: int) -> list[tuple[bytes, int]]:
+    """One ResourceLogs of ``payload``, ``field`` (tag, length, message), cut into such fields of at
+    most ``max_bytes``, each with the ResourceLogs' own fields and, per ScopeLogs, the ScopeLogs' own;
+    ``groups`` are its ScopeLogs as ``wire.index`` gives them, ``spans`` its records' bytes in ``payload``."""
+    if not groups:
         return [(field, 0)]  # no ScopeLogs: nothing to cut between
-    resource_logs = found.groups[0][1]
+    resource_logs = groups[0][1]
     pieces: list[tuple[bytes, int]] = []
     scopes: list[bytes] = []  # the piece's finished ScopeLogs
     records: list[bytes] = []  # the open ScopeLogs' records
     in_piece = 0
     size = _FRAME + len(resource_logs)  # the piece so far, framed: kept as it grows (no re-summing)
-    for _, _, scope_logs, first, count in found.groups:
+    for _, _, scope_logs, first, count in groups:
         opening = _FRAME + len(scope_logs)
         if scopes and size + opening > max_bytes:  # not even the ScopeLogs' own fields fit
             pieces.append((_resource_logs_field(resource_logs, scopes), in_piece))
@@ -78,7 +79,7 @@ def _cut_resource_logs(field: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
             size = _FRAME + len(resource_logs)
         size += opening
         for i in range(first, first + count):
-            record = field[spans[2 * i] : spans[2 * i + 1]]
+            record = payload[spans[2 * i] : spans[2 * i + 1]]
             if (scopes or records) and size + _FRAME + len(record) > max_bytes:
                 if records:
                     scopes.append(wire.fields(2, scope_logs, records))
