@@ -24,6 +24,15 @@ _MAX_DEPTH = 256
 
 M = TypeVar("M", bound=Message)
 
+# What orjson's document costs in memory: per byte of JSON, and per structural character. Fitted
+# (least squares of the relative error) to tracemalloc's peak over 19 shapes of document, from arrays
+# of ``{}`` or ``0`` to OTLP attributes and nested lists: every shape's estimate was within 0.73–1.28 of
+# its peak. Tiny objects cost up to ~40 times their JSON; this workload's OTLP/JSON requests 18 times.
+_COST_PER_BYTE = 14
+_COST_PER_CHARACTER = ((b"{", 78), (b"[", 59), (b'"', 20), (b",", 4))
+# No body can be estimated at more than this per byte (a body of ``{`` alone); below it, no need to count.
+MAX_COST_PER_BYTE = _COST_PER_BYTE + max(cost for _, cost in _COST_PER_CHARACTER)
+
 
 class JsonError(ValueError):
     """An OTLP/JSON payload that cannot be decoded; the message says what is wrong."""
@@ -46,6 +55,11 @@ def decode(payload: bytes, message: M, check: Callable[[dict], None] | None = No
     except (json_format.ParseError, ValueError, TypeError) as e:
         raise JsonError(f"invalid OTLP/JSON: {e}") from None
     return message
+
+
+def parsed_size(payload: bytes) -> int:
+    """About what ``orjson.loads(payload)`` would take in memory, in bytes, without parsing it."""
+    return _COST_PER_BYTE * len(payload) + sum(cost * payload.count(character) for character, cost in _COST_PER_CHARACTER)
 
 
 def encode(message: Message) -> bytes:

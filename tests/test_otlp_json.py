@@ -109,3 +109,49 @@ def test_json_requests_over_the_limits_are_refused_before_any_message_is_built(m
     with pytest.raises(Rejected, match=f"more than 10 {refused}.*TRIAGE_MAX_RECORDS_PER_REQUEST"):
         Intake.decode(document.encode(), JSON, check=intake._count_json)
     assert not built
+
+
+def _golden_documents() -> bytes:
+    """Every golden input's records in one OTLP/JSON request, repeated to a few hundred kilobytes."""
+    from pathlib import Path
+
+    from .helpers import load_request
+
+    request = ExportLogsServiceRequest()
+    for path in sorted((Path(__file__).parent / "testdata" / "golden").glob("input/*.json")):
+        request.MergeFrom(load_request(path))
+    while request.ByteSize() < 200_000:
+        request.resource_logs.extend(list(request.resource_logs))
+    return otlp_json.encode(request)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["otlp", "empty objects", "empty arrays", "numbers", "short strings", "small objects", "nested arrays"],
+)
+def test_parsed_size_estimates_the_documents_memory(shape: str) -> None:
+    """The estimate the intake refuses oversized OTLP/JSON bodies by is near what orjson's document
+    really takes (tracemalloc's peak), for OTLP requests and for the tiny objects that cost the most."""
+    import tracemalloc
+
+    import orjson
+
+    n = 50_000
+    items = {
+        "empty objects": lambda i: "{}",
+        "empty arrays": lambda i: "[]",
+        "numbers": lambda i: str(i),
+        "short strings": lambda i: f'"{i}"',
+        "small objects": lambda i: f'{{"k{i % 7}":{{"stringValue":"v{i}"}}}}',
+        "nested arrays": lambda i: "[[[]]]",
+    }
+    payload = _golden_documents() if shape == "otlp" else ('{"a":[' + ",".join(map(items[shape], range(n))) + "]}").encode()
+    tracemalloc.start()
+    try:
+        document = orjson.loads(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del document
+    assert 0.65 * peak <= otlp_json.parsed_size(payload) <= 1.5 * peak
+    assert otlp_json.parsed_size(payload) <= otlp_json.MAX_COST_PER_BYTE * len(payload)
