@@ -282,10 +282,10 @@ class Intake:
 
     async def _decode(self, payload: bytes, encoding: str, request=None, check=None):
         """``decode``, with an OTLP/JSON body decoded in a thread, one at a time, and only if its
-        document fits in TRIAGE_MEMORY_LIMIT_MIB: json_format is pure Python (~0.3 ms per record of this
-        workload; 6 s for a 15 MB request, which held health checks and every other request while it
-        ran), and orjson's document costs up to ~40 times the body (a 32 MiB body of tiny objects:
-        over a gigabyte, past the pod's memory limit)."""
+        document fits in TRIAGE_MEMORY_LIMIT_MIB: building the messages is Python (~40 µs per record of
+        the bench's workload, ~300 with json_format: 6 s for a 15 MB request, which held health checks
+        and every other request while it ran), and orjson's document costs up to ~40 times the body (a
+        32 MiB body of tiny objects: over a gigabyte, past the pod's memory limit)."""
         if encoding != JSON:
             return self.decode(payload, encoding, request)
         async with self._json_turn:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
 from processor import otlp_json
@@ -100,8 +104,9 @@ def test_json_requests_over_the_limits_are_refused_before_any_message_is_built(m
 
     intake = Intake(pipeline(), BoundedQueue(1 << 30), Metrics(), 1 << 30, Limits(max_records=10))
     built = []
-    parse = otlp_json.json_format.ParseDict
+    parse, fast = otlp_json.json_format.ParseDict, otlp_json._fast
     monkeypatch.setattr(otlp_json.json_format, "ParseDict", lambda *a, **k: built.append(1) or parse(*a, **k))
+    monkeypatch.setattr(otlp_json, "_fast", lambda *a: built.append(1) or fast(*a))
     if refused is None:
         assert len(records(Intake.decode(document.encode(), JSON, check=intake._count_json))) == 10
         assert built
@@ -155,3 +160,169 @@ def test_parsed_size_estimates_the_documents_memory(shape: str) -> None:
     del document
     assert 0.65 * peak <= otlp_json.parsed_size(payload) <= 1.5 * peak
     assert otlp_json.parsed_size(payload) <= otlp_json.MAX_COST_PER_BYTE * len(payload)
+
+
+# --- the fast path against json_format -------------------------------------------------------------------
+
+def _mostly(valid, odd):
+    """``valid`` but about one time in 40: documents as exporters write them, with the odd value
+    somewhere (a document has a few dozen values: about half take the fast path)."""
+    return st.integers(0, 39).flatmap(lambda n: odd if n == 17 else valid)
+
+
+_odd_integer = st.one_of(
+    st.integers(min_value=-(1 << 65), max_value=1 << 65),
+    st.integers(min_value=0, max_value=1 << 64).map(str),
+    st.sampled_from(["-5", "+5", " 5", "1_000", "007", "1e3", "", "٣", None, True, 1.0, 1.5]),
+)
+_uint32 = st.integers(0, (1 << 31) - 1)
+_integer = _mostly(st.one_of(_uint32, _uint32.map(str)), _odd_integer)
+_int64 = _mostly(
+    st.one_of(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(0, (1 << 63) - 1).map(str)), _odd_integer
+)
+_text = _mostly(st.text(max_size=8), st.one_of(st.integers(), st.none(), st.booleans()))
+
+
+def _hex_id(length: int):
+    exact = st.binary(min_size=length, max_size=length).map(bytes.hex)
+    damaged = st.text("0123456789abcdef xyz", max_size=2 * length + 2)
+    odd = st.one_of(exact.map(str.upper), damaged, st.integers())
+    return _mostly(exact, odd)
+
+
+def _any_value(children):
+    scalar = st.one_of(
+        st.builds(lambda v: {"stringValue": v}, _text),
+        st.builds(lambda v: {"boolValue": v}, _mostly(st.booleans(), st.sampled_from([0, 1, "true", None]))),
+        st.builds(lambda v: {"intValue": v}, _int64),
+        st.builds(
+            lambda v: {"doubleValue": v},
+            _mostly(
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.one_of(st.integers(), st.sampled_from(["NaN", "Infinity", "1.5", None])),
+            ),
+        ),
+    )
+    composite = st.one_of(
+        st.builds(lambda values: {"arrayValue": {"values": values}}, st.lists(children, max_size=3)),
+        st.builds(
+            lambda values: {"kvlistValue": {"values": values}}, st.lists(_key_value(children), max_size=3)
+        ),
+    )
+    odd = st.sampled_from(
+        [
+            {},
+            {"arrayValue": {}},
+            {"stringValue": "a", "boolValue": True},
+            {"bytesValue": "AAE="},
+            {"string_value": "a"},
+            {"x": 1},
+            None,
+        ]
+    )
+    return st.one_of(_mostly(scalar, odd), composite)  # composite as is: st.recursive must see it use children
+
+
+def _key_value(values):
+    valid = st.fixed_dictionaries({"key": _text, "value": values})
+    odd = st.fixed_dictionaries({}, optional={"key": _text, "value": values, "junk": st.none()})
+    return _mostly(valid, odd)
+
+
+_values = st.recursive(_any_value(st.just({"stringValue": "leaf"})), _any_value, max_leaves=6)
+_attributes = _mostly(st.lists(_key_value(_values), max_size=4), st.sampled_from([{}, None, [None]]))
+_records = st.fixed_dictionaries(
+    {},
+    optional={
+        "timeUnixNano": _int64,
+        "observedTimeUnixNano": _int64,
+        "severityNumber": _mostly(
+            st.integers(0, 24),
+            st.one_of(st.integers(-5, 1 << 33), st.sampled_from(["SEVERITY_NUMBER_INFO", "9"])),
+        ),
+        "severityText": _text,
+        "body": _values,
+        "attributes": _attributes,
+        "droppedAttributesCount": _integer,
+        "flags": _integer,
+        "traceId": _hex_id(16),
+        "spanId": _hex_id(8),
+        "eventName": _text,
+    },
+).flatmap(
+    lambda record: _mostly(
+        st.just(record),
+        st.sampled_from([{"time_unix_nano": 1}, {"unknownField": 1}]).map(lambda odd: {**record, **odd}),
+    )
+)
+_scope_logs = st.fixed_dictionaries(
+    {},
+    optional={
+        "scope": st.fixed_dictionaries(
+            {},
+            optional={
+                "name": _text,
+                "version": _text,
+                "attributes": _attributes,
+                "droppedAttributesCount": _integer,
+            },
+        ),
+        "logRecords": st.lists(_records, max_size=3),
+        "schemaUrl": _text,
+    },
+)
+_documents = st.fixed_dictionaries(
+    {
+        "resourceLogs": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "resource": st.fixed_dictionaries(
+                        {}, optional={"attributes": _attributes, "droppedAttributesCount": _integer}
+                    ),
+                    "schemaUrl": _text,
+                    "scopeLogs": _mostly(
+                        st.lists(_scope_logs, max_size=3),
+                        st.lists(_scope_logs, max_size=1).map(lambda s: {"values": s}),
+                    ),
+                },
+            ),
+            max_size=3,
+        )
+    }
+)
+
+
+def _by_json_format(document: dict) -> ExportLogsServiceRequest | str:
+    try:
+        return otlp_json._by_json_format(copy.deepcopy(document), ExportLogsServiceRequest())
+    except otlp_json.JsonError as e:
+        return str(e)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_documents)
+def test_fast_path_decodes_as_json_format_does(document: dict) -> None:
+    """Whatever the fast path decodes, json_format decodes to the same message; what it does not
+    model (wrong types, out-of-range numbers, names, null, snake_case) it leaves to json_format whole."""
+    fast = ExportLogsServiceRequest()
+    if otlp_json._fast(copy.deepcopy(document), fast):
+        assert fast == _by_json_format(document)
+    else:
+        assert fast == ExportLogsServiceRequest()  # nothing half-filled
+
+
+def test_fast_path_takes_what_exporters_send() -> None:
+    """The golden inputs and the bench's workload, as OTLP/JSON, all take the fast path, to the same
+    messages json_format builds."""
+    import orjson
+
+    from tests.bench import workload
+
+    documents = [orjson.loads(_golden_documents())]
+    for payload in workload.generate(2000, processes=1).payloads:
+        documents.append(orjson.loads(otlp_json.encode(ExportLogsServiceRequest.FromString(payload))))
+    for document in documents:
+        fast = ExportLogsServiceRequest()
+        assert otlp_json._fast(document, fast)
+        assert fast == _by_json_format(document)
