@@ -326,3 +326,28 @@ def test_fast_path_takes_what_exporters_send() -> None:
         fast = ExportLogsServiceRequest()
         assert otlp_json._fast(document, fast)
         assert fast == _by_json_format(document)
+
+
+def test_fast_path_decodes_spans_as_json_format_does() -> None:
+    """The same tables serve the traces request (spans as evidence): every field a span sends."""
+    import orjson
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    attribute = KeyValue(key="http.request.header.user-agent", value=AnyValue(string_value="kube-probe/1.29"))
+    span = Span(
+        trace_id=bytes(range(16)), span_id=bytes(range(8)), parent_span_id=bytes(range(1, 9)),
+        trace_state="dd=s:1", name="GET /", kind=Span.SPAN_KIND_SERVER, flags=257,
+        start_time_unix_nano=1_700_000_000_000_000_000, end_time_unix_nano=1_700_000_000_100_000_000,
+        attributes=[attribute], dropped_attributes_count=1,
+        events=[Span.Event(time_unix_nano=5, name="e", attributes=[attribute])],
+        links=[Span.Link(trace_id=bytes(16), span_id=bytes(8), trace_state="a=b", flags=1)],
+        status=Status(code=Status.STATUS_CODE_ERROR, message="boom"),
+    )
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.append(span)
+    document = orjson.loads(otlp_json.encode(request))
+    fast = ExportTraceServiceRequest()
+    assert otlp_json._fast(document, fast)
+    assert fast == request == otlp_json._by_json_format(document, ExportTraceServiceRequest())
