@@ -300,17 +300,21 @@ class TestJsonBodies:
         result = []
 
         def post() -> None:
-            headers = {"Content-Encoding": "gzip"}
-            status, _, _ = http_post(proc.http_url, gzipped, "application/json", headers, timeout=120)
-            result.append(status)
-            done.set()
+            try:
+                headers = {"Content-Encoding": "gzip"}
+                status, _, _ = http_post(proc.http_url, gzipped, "application/json", headers, timeout=120)
+                result.append(status)
+            finally:
+                done.set()
 
         started = time.monotonic()
-        threading.Thread(target=post).start()
+        poster = threading.Thread(target=post)
+        poster.start()
         while not done.is_set():
             assert http_get(proc.admin_url + "/healthz", timeout=60)[0] == 200
             answered.append(time.monotonic())
         finished = time.monotonic()
+        poster.join()
         assert result == [200]
         gaps = [later - earlier for earlier, later in zip([started, *answered], [*answered, finished])]
         # Before, one gap was the whole decode (most of the request's time); now health checks go on.
