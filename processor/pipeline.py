@@ -263,9 +263,10 @@ class Pipeline:
         if severity >= rules.min_severity_number:
             rule = rules.match(record, severity) if read is None else rules.match_text(read[2], severity)
         if verdict is None:
-            known = memory.recall(trace_id, now) if trace_id else None
+            # What recall() answers, inherited: the memory was expired to ``now`` at the request's start.
+            known = memory.inherited.get(trace_id) if trace_id else None
             if known is not None:
-                verdict = known.inherited()
+                verdict = known
             elif rule is not None and len(trace_id) == TRACE_ID_SIZE and self.window_s > 0:
                 held_from.append((index, trace_id, severity_fields, wire, has_synthetic_type, rule))
                 return None
