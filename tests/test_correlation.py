@@ -183,6 +183,46 @@ class TestEvidenceTiming:
         assert stats.redactions == {"attribute": 2} and stats.records == 2
         assert records(released)[1].body == kept.body
 
+    def test_a_batch_released_whole_has_its_resource_redacted(self) -> None:
+        """Records with nothing to redact leave whole (in C passes, not one by one): their resource is
+        still redacted and counted, and a second group keeps its own resource and scope."""
+        p = build_pipeline(Config.from_env({"TRIAGE_CORRELATION_WINDOW": "2"}), Redactor())
+
+        def two_groups() -> ExportLogsServiceRequest:
+            first = request(auth0_error(trace(22)), auth0_error(trace(23)))
+            first.resource_logs[0].resource.attributes.add(
+                key="http.request.header.authorization", value=AnyValue(string_value="Bearer abcdefghijkl")
+            )
+            second = request(auth0_error(trace(24)), service="api")
+            second.resource_logs[0].scope_logs[0].scope.name = "api-scope"
+            first.resource_logs.extend(second.resource_logs)
+            return first
+
+        assert p.process(two_groups(), now=0.0).held == 3
+        payload, stats = p.release_ready(now=2.0)
+        released = ExportLogsServiceRequest.FromString(payload)
+        assert [attributes(r.resource)["service.name"] for r in released.resource_logs] == ["web", "api"]
+        assert attributes(released.resource_logs[0].resource)["http.request.header.authorization"] == "[REDACTED]"
+        assert released.resource_logs[1].scope_logs[0].scope.name == "api-scope"
+        assert [r.trace_id for r in records(released)] == [trace(22), trace(23), trace(24)]
+        assert {attributes(r)["triage.source"] for r in records(released)} == {"unknown"}
+        assert b"abcdefghijkl" not in payload
+        assert stats.redactions == {"attribute": 1} and stats.records == 3 and stats.by_source == {"unknown": 3}
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+        # Evidence for one record of such a batch: the rest leave later, each with its own group.
+        assert p.process(two_groups(), now=3.0).held == 3
+        p.process(request(access(trace(23), DATADOG)), now=3.5)
+        payload, stats = p.release_ready(now=3.5)
+        assert [r.trace_id for r in records(payload)] == [trace(23)] and stats.downgraded == {"auth0-missing-session": 1}
+        payload, stats = p.release_ready(now=5.0)
+        released = ExportLogsServiceRequest.FromString(payload)
+        assert [(attributes(rl.resource)["service.name"], [r.trace_id for r in records_in(rl)]) for rl in released.resource_logs] == [
+            ("web", [trace(22)]),
+            ("api", [trace(24)]),
+        ]
+        assert attributes(released.resource_logs[0].resource)["http.request.header.authorization"] == "[REDACTED]"
+        assert len(p.holding) == 0 and p.holding.bytes == 0
+
     def test_a_held_record_that_names_its_synthetic_type_keeps_it_once(self) -> None:
         """A held error that already carries user_agent.synthetic.type (set upstream) does not get
         it a second time when its window ends, whether it leaves with its whole request or after
@@ -534,3 +574,7 @@ class TestConfidence:
         later = request(auth0_error(trace(42)))
         p.process(later, now=0.2)
         assert records(later)[0].severity_number == 5
+
+
+def records_in(resource_logs) -> list:
+    return [r for sl in resource_logs.scope_logs for r in sl.log_records]
