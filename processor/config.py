@@ -142,6 +142,12 @@ VARIABLES: tuple[Variable, ...] = (
         "Largest export call: requests waiting for a free export worker go out together up to this size,"
         " and a larger request goes as several calls. Lower it if the backend accepts less.",
     ),
+    Variable(
+        "TRIAGE_EXPORT_LINGER",
+        "0.005",
+        "Seconds a free export worker waits for more requests to join its call, unless a full call is"
+        " already waiting; 0: send at once. At most 1.",
+    ),
     Variable("TRIAGE_RETRY_MAX_INTERVAL", "30", "Longest wait in seconds between export retries (backoff cap)."),
     Variable("TRIAGE_SHUTDOWN_TIMEOUT", "20", "Seconds to drain the queue to the backend after SIGTERM."),
     Variable(
@@ -239,6 +245,7 @@ class Config:
     queue_fsync: str
     export_concurrency: int
     export_max_bytes: int
+    export_linger_s: float
     retry_max_interval_s: float
     shutdown_timeout_s: float
     ua_cache_size: int
@@ -282,6 +289,7 @@ class Config:
             queue_fsync=reader.get("TRIAGE_QUEUE_FSYNC", _one_of("always", "never")),
             export_concurrency=reader.get("TRIAGE_EXPORT_CONCURRENCY", _positive_int),
             export_max_bytes=reader.get("TRIAGE_EXPORT_MAX_BYTES", _positive_int),
+            export_linger_s=reader.get("TRIAGE_EXPORT_LINGER", _linger),
             retry_max_interval_s=reader.get("TRIAGE_RETRY_MAX_INTERVAL", _positive_float),
             shutdown_timeout_s=reader.get("TRIAGE_SHUTDOWN_TIMEOUT", _positive_float),
             ua_cache_size=reader.get("TRIAGE_UA_CACHE_SIZE", _positive_int_at_most(MAX_UA_CACHE_SIZE)),
@@ -394,6 +402,16 @@ def _non_negative_float(value: str) -> float:
         raise _Invalid("expected a number of seconds, 0 or more") from None
     if not number >= 0 or number == float("inf"):
         raise _Invalid("expected a number of seconds, 0 or more")
+    return number
+
+
+MAX_EXPORT_LINGER_S = 1.0  # a worker waiting longer holds every lone request that long, for calls that gain little
+
+
+def _linger(value: str) -> float:
+    number = _non_negative_float(value)
+    if number > MAX_EXPORT_LINGER_S:
+        raise _Invalid(f"at most {MAX_EXPORT_LINGER_S:g} (seconds; a few milliseconds let requests under load share a call)")
     return number
 
 

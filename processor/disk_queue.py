@@ -164,6 +164,14 @@ class DiskQueue(QueueAccounting):
             raise
         return [Batch(payload, records, row_id) for payload, (row_id, records, _) in zip(payloads, entries)]
 
+    def fills(self, max_bytes: int) -> bool:
+        """Whether ``get_waiting(max_bytes)`` would take as much as it ever could: waiting for more is no use."""
+        for taken, (_, _, size) in enumerate(self._index):
+            if size > max_bytes or taken == _READ_MAX:
+                return True
+            max_bytes -= size
+        return False
+
     def _read(self, row_id: int) -> bytes:
         return self._read_many([row_id])[0]
 

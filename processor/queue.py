@@ -84,6 +84,14 @@ class BoundedQueue(QueueAccounting):
             taken.append(items.popleft())
         return taken
 
+    def fills(self, max_bytes: int) -> bool:
+        """Whether ``get_waiting(max_bytes)`` would take as much as it ever could: waiting for more is no use."""
+        for batch in self._items:
+            if len(batch.payload) > max_bytes:
+                return True
+            max_bytes -= len(batch.payload)
+        return False
+
     def done(self, batch: Batch) -> None:
         """The batch is finished with (delivered, or given up and counted): release its room."""
         self._count_out(len(batch.payload), batch.records)

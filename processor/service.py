@@ -104,6 +104,7 @@ class Service:
             config.export_concurrency,
             config.retry_max_interval_s,
             config.export_max_bytes,
+            config.export_linger_s,
         )
         self.admin = Admin(config.admin_endpoint, self.metrics)
         self.grpc = (

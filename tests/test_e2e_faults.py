@@ -393,7 +393,8 @@ def test_retryable_backend_failures_are_retried_until_delivered(backend, sink_fa
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_permanent_errors_and_partial_success_are_counted_not_retried(backend, sink: Sink, processor):
     """400/INVALID_ARGUMENT drops a request's records, partial success the refused ones; the rest arrive."""
-    proc = processor(sink=sink, protocol=backend, TRIAGE_RETRY_MAX_INTERVAL="0.2")
+    # No linger: each request is its own export call, so each call's outcome is counted once.
+    proc = processor(sink=sink, protocol=backend, TRIAGE_RETRY_MAX_INTERVAL="0.2", TRIAGE_EXPORT_LINGER="0")
     good_ids, good = records_with_ids(2)
     rejected_ids, rejected = records_with_ids(1)
     _, flagged = records_with_ids(1, **{"sink.reject": True})

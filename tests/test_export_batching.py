@@ -160,3 +160,66 @@ def test_defaults_and_the_variable() -> None:
     assert Config.from_env({"TRIAGE_EXPORT_MAX_BYTES": "65536"}).export_max_bytes == 65536
     with pytest.raises(Exception, match="TRIAGE_EXPORT_MAX_BYTES"):
         Config.from_env({"TRIAGE_EXPORT_MAX_BYTES": "0"})
+
+
+async def timed_calls(linger_s: float, concurrency: int, gaps_s: list[float]) -> list[list[str]]:
+    """Requests a, b, ... queued ``gaps_s`` apart (the first at once) on an idle exporter: its calls."""
+    queue = BoundedQueue(1 << 30)
+    backend = Backend()
+    exporter = Exporter(backend, queue, Metrics(), concurrency=concurrency, max_interval_s=0.1, linger_s=linger_s)
+    exporter.start()
+    try:
+        for name, gap in zip("abcdefgh", [0.0, *gaps_s]):
+            await asyncio.sleep(gap)
+            await queue.put(request(name, records=1))
+        await asyncio.wait_for(queue.wait_idle(), 5)
+    finally:
+        await exporter.stop()
+    return backend.calls
+
+
+def test_a_free_worker_lingers_for_requests_to_join_its_call() -> None:
+    """With a linger, requests arriving close together share a call, even with a second worker free;
+    without one, each idle worker sends what it takes at once."""
+    assert asyncio.run(timed_calls(0.3, 2, [0.02, 0.02])) == [["a/0", "b/0", "c/0"]]
+    assert asyncio.run(timed_calls(0.0, 2, [0.02, 0.02])) == [["a/0"], ["b/0"], ["c/0"]]
+    # After its linger a worker sends what it has; what comes later goes in the next call.
+    assert asyncio.run(timed_calls(0.05, 1, [0.01, 0.3])) == [["a/0", "b/0"], ["c/0"]]
+
+
+@pytest.mark.parametrize("kind", QUEUES)
+def test_no_linger_when_a_full_call_is_waiting(kind: str, tmp_path: Path) -> None:
+    """A backlog goes at once, a full call at a time; a worker stopped while lingering counts what it
+    took as undelivered."""
+
+    async def scenario() -> tuple[list[list[str]], int]:
+        queue = make_queue(kind, tmp_path)
+        backend = Backend()
+        size = len(request("a").payload)
+        exporter = Exporter(
+            backend, queue, Metrics(), concurrency=1, max_interval_s=0.1, max_call_bytes=2 * size + size // 2,
+            linger_s=60.0,
+        )
+        for name in "abcd":
+            await queue.put(request(name))
+        exporter.start()
+        try:
+            await asyncio.wait_for(backend.arrived.wait(), 5)  # a and b: c does not fit, so no linger
+            await asyncio.sleep(0.1)  # the worker takes c and d, then lingers (room for half a request)
+        finally:
+            undelivered = await exporter.stop()
+            await queue.close()
+        return backend.calls, undelivered
+
+    calls, undelivered = asyncio.run(scenario())
+    assert calls == [["a/0", "a/1", "a/2", "b/0", "b/1", "b/2"]]
+    assert undelivered == 6
+
+
+def test_linger_default_and_bounds() -> None:
+    assert Config.from_env({}).export_linger_s == 0.005
+    assert Config.from_env({"TRIAGE_EXPORT_LINGER": "0"}).export_linger_s == 0.0
+    assert Config.from_env({"TRIAGE_EXPORT_LINGER": "0.2"}).export_linger_s == 0.2
+    for bad in ("-1", "2", "soon", "nan"):
+        with pytest.raises(Exception, match="TRIAGE_EXPORT_LINGER"):
+            Config.from_env({"TRIAGE_EXPORT_LINGER": bad})

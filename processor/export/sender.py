@@ -4,8 +4,10 @@ Requests waiting in the queue when a worker is free go out together, as one expo
 ``max_call_bytes`` (serialized requests end to end are one request with all their resource_logs).
 A call costs the processor about the same CPU whatever its size (a grpc.aio client sending the
 bench's 500-record requests: 0.74 CPU-s per million records one per call, 0.35 four per call), so
-under load calls grow and the exporter's cost falls; an idle worker still sends a lone request at
-once. Two workers (the default) keep a remote backend busy and let requests gather behind them.
+a free worker that takes a request first waits ``linger_s`` (5 ms by default) for more to join
+it, unless a full call is already waiting: under load calls grow and the exporter's cost falls.
+Two workers (the default) keep a remote backend busy and let requests gather behind them; one
+gathers at a time.
 
 Retryable failures are retried with exponential backoff and jitter, honouring the server's
 Retry-After / RetryInfo; meanwhile the queue fills and receivers push back on the senders upstream,
@@ -53,6 +55,7 @@ class Exporter:
         concurrency: int,
         max_interval_s: float,
         max_call_bytes: int = DEFAULT_EXPORT_MAX_BYTES,
+        linger_s: float = 0.0,
     ):
         self.transport = transport
         self.queue = queue
@@ -60,8 +63,12 @@ class Exporter:
         self.concurrency = concurrency
         self.max_interval_s = max_interval_s
         self.max_call_bytes = max_call_bytes
+        self.linger_s = linger_s
         self._workers: list[asyncio.Task] = []
         self._in_flight: dict[int, Batch] = {}
+        # One worker gathers its call at a time (the others deliver theirs): two lingering at once
+        # would each send half of what arrived.
+        self._gathering = asyncio.Lock()
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work(), name=f"exporter-{i}") for i in range(self.concurrency)]
@@ -70,22 +77,13 @@ class Exporter:
         failures = 0
         while True:
             try:
-                batch = await self.queue.get()
+                batches = await self._gather()
             except Exception:  # e.g. a disk read error: keep the worker, try again after a pause
                 failures += 1
                 log.exception("reading the next batch from the queue failed; retrying")
                 await asyncio.sleep(self.backoff(min(failures, 10), None))
                 continue
             failures = 0
-            batches = [batch]
-            room = self.max_call_bytes - len(batch.payload)
-            if room > 0:
-                try:
-                    batches += await self.queue.get_waiting(room)
-                except Exception:  # the batches stay queued; this one goes alone
-                    log.exception("reading the batches waiting behind this one failed; sending it alone")
-            for taken in batches:
-                self._in_flight[id(taken)] = taken
             try:
                 await self.deliver_together(batches)
             finally:
@@ -95,6 +93,25 @@ class Exporter:
             # start.
             for taken in batches:
                 self.queue.done(taken)
+
+    async def _gather(self) -> list[Batch]:
+        """The next call's batches, in flight from here: the next in line and, after the linger, those
+        waiting behind it that fit in the call."""
+        async with self._gathering:
+            batch = await self.queue.get()
+            self._in_flight[id(batch)] = batch  # counted as undelivered if stopped while lingering
+            batches = [batch]
+            room = self.max_call_bytes - len(batch.payload)
+            if room > 0:
+                if self.linger_s > 0 and not self.queue.fills(room):
+                    await asyncio.sleep(self.linger_s)
+                try:
+                    batches += await self.queue.get_waiting(room)
+                except Exception:  # the batches stay queued; this one goes alone
+                    log.exception("reading the batches waiting behind this one failed; sending it alone")
+            for taken in batches[1:]:
+                self._in_flight[id(taken)] = taken
+            return batches
 
     def backoff(self, attempt: int, hint_s: float | None) -> float:
         delay = min(self.max_interval_s, INITIAL_BACKOFF_S * 2**attempt) * random.uniform(0.8, 1.2)
