@@ -144,7 +144,7 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "TRIAGE_EXPORT_LINGER",
-        "0.005",
+        "0",
         "Seconds a free export worker waits for more requests to join its call, unless a full call is"
         " already waiting; 0: send at once. At most 1.",
     ),

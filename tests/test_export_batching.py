@@ -217,8 +217,8 @@ def test_no_linger_when_a_full_call_is_waiting(kind: str, tmp_path: Path) -> Non
 
 
 def test_linger_default_and_bounds() -> None:
-    assert Config.from_env({}).export_linger_s == 0.005
-    assert Config.from_env({"TRIAGE_EXPORT_LINGER": "0"}).export_linger_s == 0.0
+    assert Config.from_env({}).export_linger_s == 0.0
+    assert Config.from_env({"TRIAGE_EXPORT_LINGER": "0.005"}).export_linger_s == 0.005
     assert Config.from_env({"TRIAGE_EXPORT_LINGER": "0.2"}).export_linger_s == 0.2
     for bad in ("-1", "2", "soon", "nan"):
         with pytest.raises(Exception, match="TRIAGE_EXPORT_LINGER"):

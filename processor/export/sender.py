@@ -4,8 +4,9 @@ Requests waiting in the queue when a worker is free go out together, as one expo
 ``max_call_bytes`` (serialized requests end to end are one request with all their resource_logs).
 A call costs the processor about the same CPU whatever its size (a grpc.aio client sending the
 bench's 500-record requests: 0.74 CPU-s per million records one per call, 0.35 four per call), so
-a free worker that takes a request first waits ``linger_s`` (5 ms by default) for more to join
-it, unless a full call is already waiting: under load calls grow and the exporter's cost falls.
+under load calls grow and the exporter's cost falls. With ``linger_s`` (TRIAGE_EXPORT_LINGER, 0 by
+default) a free worker that takes a request first waits that long for more to join it, unless a
+full call is already waiting: fewer calls at moderate load, for that much latency.
 Two workers (the default) keep a remote backend busy and let requests gather behind them; one
 gathers at a time.
 
