@@ -205,7 +205,7 @@ def test_no_linger_when_a_full_call_is_waiting(kind: str, tmp_path: Path) -> Non
         exporter.start()
         try:
             await asyncio.wait_for(backend.arrived.wait(), 5)  # a and b: c does not fit, so no linger
-            await asyncio.sleep(0.1)  # the worker takes c and d, then lingers (room for half a request)
+            await asyncio.sleep(0.1)  # the worker takes c and lingers: d fits, with room for half a request more
         finally:
             undelivered = await exporter.stop()
             await queue.close()
