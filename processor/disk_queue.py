@@ -150,11 +150,9 @@ class DiskQueue(QueueAccounting):
     async def get_waiting(self, max_bytes: int) -> list[Batch]:
         """The batches next in line, without waiting for any, while together they fit in ``max_bytes``:
         read in one go."""
-        entries = []
         index = self._index
-        while index and index[0][2] <= max_bytes and len(entries) < _READ_MAX:
-            max_bytes -= index[0][2]
-            entries.append(index.popleft())
+        count, _ = self._fitting(max_bytes)
+        entries = [index.popleft() for _ in range(count)]
         if not entries:
             return []
         try:
@@ -166,11 +164,16 @@ class DiskQueue(QueueAccounting):
 
     def fills(self, max_bytes: int) -> bool:
         """Whether ``get_waiting(max_bytes)`` would take as much as it ever could: waiting for more is no use."""
-        for taken, (_, _, size) in enumerate(self._index):
-            if size > max_bytes or taken == _READ_MAX:
-                return True
+        return self._fitting(max_bytes)[1]
+
+    def _fitting(self, max_bytes: int) -> tuple[int, bool]:
+        """How many entries next in line one read takes within ``max_bytes``; and whether that is all
+        it ever could (the next does not fit, or _READ_MAX) rather than all that is waiting."""
+        for count, (_, _, size) in enumerate(self._index):
+            if size > max_bytes or count == _READ_MAX:
+                return count, True
             max_bytes -= size
-        return False
+        return len(self._index), False
 
     def _read(self, row_id: int) -> bytes:
         return self._read_many([row_id])[0]

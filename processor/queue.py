@@ -77,20 +77,21 @@ class BoundedQueue(QueueAccounting):
 
     async def get_waiting(self, max_bytes: int) -> list[Batch]:
         """The batches next in line, without waiting for any, while together they fit in ``max_bytes``."""
-        taken = []
-        items = self._items
-        while items and len(items[0].payload) <= max_bytes:
-            max_bytes -= len(items[0].payload)
-            taken.append(items.popleft())
-        return taken
+        count, _ = self._fitting(max_bytes)
+        return [self._items.popleft() for _ in range(count)]
 
     def fills(self, max_bytes: int) -> bool:
         """Whether ``get_waiting(max_bytes)`` would take as much as it ever could: waiting for more is no use."""
-        for batch in self._items:
+        return self._fitting(max_bytes)[1]
+
+    def _fitting(self, max_bytes: int) -> tuple[int, bool]:
+        """How many batches next in line fit in ``max_bytes`` together; and whether the one after them
+        does not (True) or none is waiting (False)."""
+        for count, batch in enumerate(self._items):
             if len(batch.payload) > max_bytes:
-                return True
+                return count, True
             max_bytes -= len(batch.payload)
-        return False
+        return len(self._items), False
 
     def done(self, batch: Batch) -> None:
         """The batch is finished with (delivered, or given up and counted): release its room."""
