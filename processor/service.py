@@ -179,8 +179,7 @@ class Service:
                 await self.intake.release(now)
                 if now - last_slow >= 1.0:  # once a second: forget expired traces, look for changed certificates
                     last_slow = now
-                    if self.pipeline.memory is not None:
-                        self.pipeline.memory.expire(now)
+                    await self.intake.forget_expired(now)
                     if self.watcher is not None:
                         self.watcher.check()
             except Exception:  # a bug here must not stop releases for the life of the process

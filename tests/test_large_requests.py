@@ -1,0 +1,148 @@
+"""A large request does not hold the processor up: health checks go on while it is processed.
+
+Issue 7: "Keep the event loop responsive: a large request must not stall health checks." Within the
+default limits (32 MiB, 100,000 records) one request of Auth0 errors, each its own trace, takes the
+pipeline over a second: every record is a rule candidate, held for its trace's evidence. A body over
+``intake.OFFLOAD_BYTES`` is processed in a worker thread, one pipeline call at a time. The first test
+uses real processes over loopback, as the kubelet and an agent reach them; the others the intake
+in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import threading
+import time
+
+import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from processor import intake
+from processor.metrics import Metrics
+from processor.queue import BoundedQueue
+
+from .conftest import GrpcClient, attributes, export_request, http_get, http_post, log_record
+from .helpers import pipeline, records
+
+AUTH0 = 'Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: "AccessTokenError" }'
+ERRORS = 40_000  # ~6 MiB: ~0.7 s of pipeline here, all of it on the event loop before
+
+
+def test_health_checks_answer_while_a_large_request_is_processed(sink, processor, protocol: str) -> None:
+    proc = processor(sink=sink, TRIAGE_CORRELATION_WINDOW="1")
+    traces = [os.urandom(16) for _ in range(ERRORS)]
+    large = export_request(*(log_record(AUTH0, 17, trace, test__id=i) for i, trace in enumerate(traces)))
+    payload = large.SerializeToString()
+    # Evidence for one of its traces, sent while it is processed: that error is downgraded, the rest not.
+    monitor = export_request(
+        log_record("GET /api/orders 401", 9, traces[7], user_agent__original="Datadog/Synthetics", test__id=-1)
+    ).SerializeToString()
+
+    result: list = []
+    done = threading.Event()
+
+    def send() -> None:
+        try:
+            if protocol == "grpc":
+                client = GrpcClient(proc.grpc_endpoint)
+                try:
+                    result.append(client.call(payload, timeout=60)[0].name)
+                finally:
+                    client.close()
+            else:
+                headers = {"Content-Encoding": "gzip"}
+                result.append(http_post(proc.http_url, gzip.compress(payload, 1), headers=headers, timeout=60)[0])
+        finally:
+            done.set()
+
+    started = time.monotonic()
+    sender = threading.Thread(target=send)
+    sender.start()
+    answered: list[float] = []
+    while not done.is_set():
+        assert http_get(proc.admin_url + "/healthz", timeout=30)[0] == 200
+        answered.append(time.monotonic())
+        if len(answered) == 3:
+            assert http_post(proc.http_url, monitor)[0] == 200
+    finished = time.monotonic()
+    sender.join()
+    assert result == (["OK"] if protocol == "grpc" else [200])
+    gaps = [later - earlier for earlier, later in zip([started, *answered], [*answered, finished])]
+    # Before, one gap was the whole pipeline pass: the health checks waited for it.
+    assert max(gaps) < 0.5 * (finished - started), (max(gaps), finished - started, len(answered))
+
+    # Everything arrives, decided as if the request had been small: the held errors when their window ends.
+    records = sink.wait_records(ERRORS + 1, timeout=60)
+    by_id = {attributes(r)["test.id"]: r for r in records}
+    assert sorted(by_id) == list(range(-1, ERRORS))
+    downgraded = [i for i, r in by_id.items() if "triage.rule" in attributes(r)]
+    assert downgraded == [7]
+    assert by_id[7].severity_number == 5 and attributes(by_id[7])["triage.original_severity_number"] == 17
+    assert by_id[8].severity_number == 17 and attributes(by_id[8])["triage.source"] == "unknown"
+
+
+def test_a_large_span_request_teaches_its_traces_from_a_worker_thread() -> None:
+    """Spans as evidence (TRIAGE_TRACES_AS_EVIDENCE) take the same turn: a span request over the limit
+    is learned in a thread, and an error of one of its traces is then downgraded."""
+    spans = ExportTraceServiceRequest()
+    scope_spans = spans.resource_spans.add().scope_spans.add()
+    for n in range(12_000):
+        span = scope_spans.spans.add(trace_id=n.to_bytes(16, "big"), span_id=b"\1" * 8, name="GET /api/orders")
+        span.kind = Span.SPAN_KIND_SERVER
+        span.attributes.add(key="user_agent.original").value.string_value = "Datadog/Synthetics"
+    payload = spans.SerializeToString()
+    assert len(payload) > intake.OFFLOAD_BYTES
+    queue = BoundedQueue(1 << 30)
+    accepting = intake.Intake(pipeline(), queue, Metrics(), 1 << 30)
+    assert asyncio.run(accepting.accept_spans(payload, intake.PROTOBUF, "grpc")) == 12_000
+    error = export_request(log_record(AUTH0, 17, (11_999).to_bytes(16, "big"))).SerializeToString()
+    asyncio.run(accepting.accept(error, intake.PROTOBUF, "grpc"))
+    (batch,) = queue.pending()
+    (record,) = records(ExportLogsServiceRequest.FromString(batch.payload))
+    assert attributes(record)["triage.rule"] == "auth0-missing-session" and record.severity_number == 5
+
+
+def test_a_cancelled_caller_keeps_the_pipeline_turn_until_its_thread_ends() -> None:
+    """A client that gives up (a deadline, a closed connection) cancels its handler, not the thread
+    processing its request: the next pipeline call must wait for the thread all the same."""
+
+    async def scenario() -> list[str]:
+        turn = asyncio.Lock()
+        started, finish = threading.Event(), threading.Event()
+        order: list[str] = []
+
+        def work() -> None:
+            started.set()
+            finish.wait(10)
+            order.append("thread ended")
+
+        async def cancelled_caller() -> None:
+            async with turn:
+                await intake._in_thread(work)
+
+        async def next_call() -> None:
+            async with turn:
+                order.append("next call")
+
+        caller = asyncio.create_task(cancelled_caller())
+        await asyncio.to_thread(started.wait, 10)
+        caller.cancel()
+        waiting = asyncio.create_task(next_call())
+        await asyncio.sleep(0.2)
+        assert order == [] and turn.locked() and not caller.done()
+        finish.set()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await waiting
+        return order
+
+    assert asyncio.run(scenario()) == ["thread ended", "next call"]
+
+
+@pytest.fixture(params=["grpc", "http"])
+def protocol(request) -> str:
+    return request.param
