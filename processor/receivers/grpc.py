@@ -69,26 +69,42 @@ class GrpcReceiver:
     async def stop(self) -> None:
         await self.server.stop(self.shutdown_grace_s)
 
+    # A refusal aborts the call outside the ``except`` block and without the request body in the
+    # frame. grpc keeps the abort's exception on the call, whose traceback holds this frame, in a
+    # reference cycle, and raised inside the block it also chained the refusal, whose traceback holds
+    # the intake's frames: every refused body stayed in memory until the cyclic collector ran, which
+    # counts objects, not bytes. Under overload with 2.4 MB requests that was RSS 400 MiB for 190 MiB
+    # of queue and baseline.
+
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             stats = await self.intake.accept(request, PROTOBUF, "grpc")
         except Rejected as rejected:
-            self.intake.refused("grpc", rejected)
-            await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
-        if not stats.rejected:
-            return _EMPTY_RESPONSE
-        response = ExportLogsServiceResponse()
-        response.partial_success.rejected_log_records = stats.rejected
-        response.partial_success.error_message = stats.rejected_message
-        return response.SerializeToString()
+            refusal = self._refusal(rejected)
+        else:
+            if not stats.rejected:
+                return _EMPTY_RESPONSE
+            response = ExportLogsServiceResponse()
+            response.partial_success.rejected_log_records = stats.rejected
+            response.partial_success.error_message = stats.rejected_message
+            return response.SerializeToString()
+        del request
+        await context.abort(*refusal)
 
     async def export_traces(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             await self.intake.accept_spans(request, PROTOBUF, "grpc")
         except Rejected as rejected:
-            self.intake.refused("grpc", rejected)
-            await context.abort(rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected))
-        return _EMPTY_TRACE_RESPONSE
+            refusal = self._refusal(rejected)
+        else:
+            return _EMPTY_TRACE_RESPONSE
+        del request
+        await context.abort(*refusal)
+
+    def _refusal(self, rejected: Rejected) -> tuple:
+        """Count the refusal; what ``context.abort`` takes for it."""
+        self.intake.refused("grpc", rejected)
+        return rejected.refusal.grpc_code, rejected.message, grpc_trailers(rejected)
 
 
 class _TokenInterceptor(grpc.aio.ServerInterceptor):
