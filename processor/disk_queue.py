@@ -20,8 +20,9 @@ import queue as thread_queue
 import sqlite3
 import threading
 from collections import deque
+from collections.abc import Iterator
 
-from .queue import Batch, QueueAccounting
+from .queue import Batch, QueueAccounting, fitting
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class DiskQueue(QueueAccounting):
         """The batches next in line, without waiting for any, while together they fit in ``max_bytes``:
         read in one go."""
         index = self._index
-        count, _ = self._fitting(max_bytes)
+        count, _ = fitting(self._sizes(), max_bytes, _READ_MAX)
         entries = [index.popleft() for _ in range(count)]
         if not entries:
             return []
@@ -164,16 +165,10 @@ class DiskQueue(QueueAccounting):
 
     def fills(self, max_bytes: int) -> bool:
         """Whether ``get_waiting(max_bytes)`` would take as much as it ever could: waiting for more is no use."""
-        return self._fitting(max_bytes)[1]
+        return fitting(self._sizes(), max_bytes, _READ_MAX)[1]
 
-    def _fitting(self, max_bytes: int) -> tuple[int, bool]:
-        """How many entries next in line one read takes within ``max_bytes``; and whether that is all
-        it ever could (the next does not fit, or _READ_MAX) rather than all that is waiting."""
-        for count, (_, _, size) in enumerate(self._index):
-            if size > max_bytes or count == _READ_MAX:
-                return count, True
-            max_bytes -= size
-        return len(self._index), False
+    def _sizes(self) -> Iterator[int]:
+        return (size for _, _, size in self._index)
 
     def _read(self, row_id: int) -> bytes:
         return self._read_many([row_id])[0]

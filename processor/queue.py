@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -17,6 +18,19 @@ class Batch:
     payload: bytes  # a serialized ExportLogsServiceRequest
     records: int
     id: int = 0  # the persistent queue's row id
+
+
+def fitting(sizes: Iterable[int], max_bytes: int, max_count: int | None = None) -> tuple[int, bool]:
+    """How many of the batches next in line (``sizes``, in order) one export call takes: together
+    within ``max_bytes``, at most ``max_count``. And whether that is all it ever could (the next does
+    not fit, or the count is reached) rather than all that is waiting."""
+    taken = 0
+    for size in sizes:
+        if size > max_bytes or taken == max_count:
+            return taken, True
+        max_bytes -= size
+        taken += 1
+    return taken, False
 
 
 class QueueFull(Exception):
@@ -77,21 +91,15 @@ class BoundedQueue(QueueAccounting):
 
     async def get_waiting(self, max_bytes: int) -> list[Batch]:
         """The batches next in line, without waiting for any, while together they fit in ``max_bytes``."""
-        count, _ = self._fitting(max_bytes)
+        count, _ = fitting(self._sizes(), max_bytes)
         return [self._items.popleft() for _ in range(count)]
 
     def fills(self, max_bytes: int) -> bool:
         """Whether ``get_waiting(max_bytes)`` would take as much as it ever could: waiting for more is no use."""
-        return self._fitting(max_bytes)[1]
+        return fitting(self._sizes(), max_bytes)[1]
 
-    def _fitting(self, max_bytes: int) -> tuple[int, bool]:
-        """How many batches next in line fit in ``max_bytes`` together; and whether the one after them
-        does not (True) or none is waiting (False)."""
-        for count, batch in enumerate(self._items):
-            if len(batch.payload) > max_bytes:
-                return count, True
-            max_bytes -= len(batch.payload)
-        return len(self._items), False
+    def _sizes(self) -> Iterator[int]:
+        return (len(batch.payload) for batch in self._items)
 
     def done(self, batch: Batch) -> None:
         """The batch is finished with (delivered, or given up and counted): release its room."""
