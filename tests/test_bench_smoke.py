@@ -88,3 +88,30 @@ class TestBenchQuick:
         assert flood["held_p50_s"] >= 2.0, flood  # TRIAGE_CORRELATION_WINDOW's default
         assert flood["held_p99_s"] >= flood["held_p50_s"], flood
         assert normal["held_samples"] == 0 and normal["held_p50_s"] is None, normal
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="the bench reads CPU time from /proc (Linux)"
+)
+def test_large_requests_go_through(tmp_path) -> None:
+    """`--records-per-request`: requests of 5,000 records (~1.8 MB, processed in a worker thread by
+    otlp-triage) through the relay and otlp-triage, every record delivered, enriched and downgraded
+    as the workload expects."""
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--records-per-request", "5000", "--rounds", "1",
+         "--only", "relay", "otlp-triage grpc", "--json", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    document = json.loads(out.read_text())
+    for workload in document["workloads"].values():
+        assert workload["records_per_request"] == 5000 and workload["records"] == 5000 * workload["requests"]
+    results = document["results"]
+    assert {"relay grpc", "otlp-triage grpc", "otlp-triage grpc flood"} <= {r["scenario"] for r in results}
+    for r in results:
+        assert r["sent"] >= 20_000 and r["delivered"] == r["sent"] and r["problems"] == [], r
+    assert "of 5000," in done.stdout  # the workload line says the request size

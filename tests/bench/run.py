@@ -2,8 +2,8 @@
 
 How it works:
 1. The workload (``workload.py``, fixed seed) is generated and serialized before anything is timed:
-   500 records per request, the normal mix, and the ``flood`` variant (every user agent and trace id
-   unique).
+   500 records per request (``--records-per-request``), the normal mix, and the ``flood`` variant
+   (every user agent and trace id unique).
 2. Per scenario: a fresh sink (``sink.py``) and the server under test start as child processes on
    127.0.0.1; a few warm-up requests go through; then the bench (this process) sends every
    request with a few in flight and waits until the sink has them all (or, for a pipeline that
@@ -23,7 +23,8 @@ p50/p99 latency at half rate; peak RSS of the server process. Below the table, r
 scenarios' CPU within each round (otlp-triage to the relay, the flood to the normal mix, ...): the
 rounds interleave the scenarios, so these move less with the machine's drift than two medians do.
 
-Usage: python tests/bench/run.py [--records N] [--quick] [--only NAME ...] [--seed S] [--json FILE]
+Usage: python tests/bench/run.py [--records N] [--records-per-request N] [--quick] [--only NAME ...]
+                                 [--seed S] [--json FILE]
                                  [--profile DIR] [--soak SECONDS [--soak-scenario NAME]]
                                  (see README.md beside this file)
 Exit status: 0 when every check passed (the naive pipeline's drops are reported, not checked).
@@ -276,7 +277,7 @@ def run_scenario(
         # Only the naive pipeline may drop: for the others, wait for every record (up to DRAIN_TIMEOUT_S).
         settle_s = SETTLE_S if scenario.server == NAIVE else None
         base = wait_delivered(
-            sink_ports, {"records": 0}, len(warmup) * workload.RECORDS_PER_REQUEST, server, settle_s
+            sink_ports, {"records": 0}, len(warmup) * load.per_request, server, settle_s
         )
 
         sampler = (
@@ -286,7 +287,7 @@ def run_scenario(
         sent = asyncio.run(
             client.send(scenario.protocol, endpoint, load.payloads, CONCURRENCY, SEND_TIMEOUT_S)
         )
-        records_sent = sent.acknowledged * workload.RECORDS_PER_REQUEST
+        records_sent = sent.acknowledged * load.per_request
         stats = wait_delivered(sink_ports, base, records_sent, server, settle_s)
         after: Usage = server.usage()
         if sampler is not None:
@@ -338,7 +339,7 @@ def soak(scenario: Scenario, load: workload.Workload, rate: float, seconds: floa
     samples: list[tuple[float, int]] = []
     try:
         server, endpoint = start_server(scenario, sink_ports, log_dir)
-        per_s = rate * LATENCY_RATE_SHARE / workload.RECORDS_PER_REQUEST
+        per_s = rate * LATENCY_RATE_SHARE / load.per_request
         payloads = [load.payloads[i % load.requests] for i in range(int(per_s * seconds))]
         stop = threading.Event()
         started = time.monotonic()
@@ -370,7 +371,7 @@ def measure_latency(
     settle_s: float | None,
     window_s: float,
 ) -> Latency:
-    per_s = max_rate * LATENCY_RATE_SHARE / workload.RECORDS_PER_REQUEST  # requests per second
+    per_s = max_rate * LATENCY_RATE_SHARE / load.per_request  # requests per second
     n = min(load.requests, max(LATENCY_MIN_REQUESTS, int(per_s * window_s)))
     base = sink_stats(sink_ports)
     payloads = load.payloads[:n]
@@ -379,7 +380,7 @@ def measure_latency(
             scenario.protocol, endpoint, payloads, LATENCY_CONCURRENCY, SEND_TIMEOUT_S, interval_s=1 / per_s
         )
     )
-    wait_delivered(sink_ports, base, sent.acknowledged * workload.RECORDS_PER_REQUEST, server, settle_s)
+    wait_delivered(sink_ports, base, sent.acknowledged * load.per_request, server, settle_s)
     with urllib.request.urlopen(f"http://{HOST}:{sink_ports['http']}/arrivals", timeout=5) as response:
         arrivals = json.load(response)
     latencies, held = [], []
@@ -396,8 +397,8 @@ def measure_latency(
     held.sort()
     span = max(sent.sent_at.values()) - min(sent.sent_at.values()) if len(sent.sent_at) > 1 else 0.0
     return Latency(
-        target_rate=per_s * workload.RECORDS_PER_REQUEST,
-        achieved_rate=(len(sent.sent_at) - 1) * workload.RECORDS_PER_REQUEST / span if span else 0.0,
+        target_rate=per_s * load.per_request,
+        achieved_rate=(len(sent.sent_at) - 1) * load.per_request / span if span else 0.0,
         samples=len(latencies),
         missing=n - len(latencies),
         p50_s=percentile(latencies, 0.50) if latencies else float("nan"),
@@ -510,6 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_RECORDS:,} records per scenario"
     )
+    parser.add_argument(
+        "--records-per-request",
+        type=int,
+        default=workload.RECORDS_PER_REQUEST,
+        metavar="N",
+        help=f"records in each request (default {workload.RECORDS_PER_REQUEST}; a Collector's default batch is"
+        f" 8192; at least {workload.MIN_PER_REQUEST})",
+    )
     parser.add_argument("--seed", type=int, default=workload.DEFAULT_SEED)
     parser.add_argument(
         "--rounds",
@@ -541,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     records = args.records or (QUICK_RECORDS if args.quick else DEFAULT_RECORDS)
+    if args.records_per_request < workload.MIN_PER_REQUEST:
+        parser.error(f"--records-per-request: at least {workload.MIN_PER_REQUEST} (a trace's records share a request)")
     latency_window_s = QUICK_LATENCY_WINDOW_S if args.quick else LATENCY_WINDOW_S
     if args.profile:
         if pyspy.py_spy() is None:
@@ -556,10 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     loads: dict[str, workload.Workload] = {}
     for variant in dict.fromkeys(s.variant for s in scenarios):
         t = time.monotonic()
-        load = loads[variant] = workload.generate(records, args.seed, variant)
+        load = loads[variant] = workload.generate(records, args.seed, variant, per_request=args.records_per_request)
         print(
             f"workload {variant}: {load.records:,} records in {load.requests:,} requests of "
-            f"{workload.RECORDS_PER_REQUEST}, {load.bytes / load.records:.0f} B/record, seed {load.seed}, "
+            f"{load.per_request}, {load.bytes / load.records:.0f} B/record, seed {load.seed}, "
             f"digest {load.digest}, {load.expected_downgrades:,} downgrades expected "
             f"(generated in {time.monotonic() - t:.1f}s)",
             flush=True,
@@ -645,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
                 v: {
                     "records": w.records,
                     "requests": w.requests,
+                    "records_per_request": w.per_request,
                     "digest": w.digest,
                     "expected_downgrades": w.expected_downgrades,
                 }

@@ -1,8 +1,9 @@
 """The benchmark's load: a deterministic stream of OTLP ExportLogsServiceRequests, pre-serialized.
 
-Every request holds ``RECORDS_PER_REQUEST`` records of ~300 bytes with ~8 attributes, grouped as
-an exporter or collector batch would group them: a few ``ResourceLogs`` (one per service), one
-``ScopeLogs`` each. The mix follows one web shop behind an ingress:
+Every request holds ``RECORDS_PER_REQUEST`` records (``generate``'s ``per_request`` sets another
+count) of ~300 bytes with ~8 attributes, grouped as an exporter or collector batch would group
+them: a few ``ResourceLogs`` (one per service), one ``ScopeLogs`` each. The mix follows one web
+shop behind an ingress:
 
 1. Traces of one HTTP request each: an access log (INFO) carrying ``user_agent.original``,
    ``url.path``, ``http.request.method``, ``http.response.status_code``, ``client.address``;
@@ -35,6 +36,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 RECORDS_PER_REQUEST = 500
+MIN_PER_REQUEST = 10  # a trace's records (up to five) never span two requests, and each request has an access log
 CHUNK_REQUESTS = 20  # requests per independently seeded chunk (the unit of parallel generation)
 # Each request carries its index on one record, so the sink can tell when that request arrived.
 REQUEST_ID = "bench.request.id"
@@ -207,6 +209,7 @@ class Workload:
     records: int
     expected_downgrades: int  # records the built-in Auth0 rule must downgrade (monitor-caused)
     mix: dict[str, int] = field(default_factory=dict)  # record kind -> count
+    per_request: int = RECORDS_PER_REQUEST  # records in every request
 
     @property
     def requests(self) -> int:
@@ -227,14 +230,15 @@ class Workload:
 class _Generator:
     """One chunk of requests, from its own seeded stream: chunks can be made in parallel."""
 
-    def __init__(self, seed: int, variant: str, chunk: int):
+    def __init__(self, seed: int, variant: str, chunk: int, per_request: int):
         if variant not in VARIANTS:
             raise ValueError(f"unknown workload variant {variant!r}; one of {', '.join(VARIANTS)}")
         self.rng = random.Random(f"{seed}/{variant}/{chunk}")  # str seeds are stable across runs and builds
         self.flood = variant == FLOOD
         self.chunk = chunk
+        self.per_request = per_request
         self.unique = 0  # counter behind every unique user agent of the flood
-        self.clock = _EPOCH_NS + chunk * CHUNK_REQUESTS * RECORDS_PER_REQUEST * 2_000_000
+        self.clock = _EPOCH_NS + chunk * CHUNK_REQUESTS * per_request * 2_000_000
         self.mix: dict[str, int] = {}
         pods = random.Random(f"{seed}/pods")
         self.pods = {s: [f"{s}-7f9c{pods.randrange(16**4):04x}-{n}" for n in range(3)] for s in _SERVICES}
@@ -391,7 +395,7 @@ class _Generator:
         errors: list[LogRecord] = []
         while True:
             group, group_downgrades = self.trace_group()
-            if n + len(group) > RECORDS_PER_REQUEST:
+            if n + len(group) > self.per_request:
                 break  # a trace is never split across requests: its verdict is decided within one
             for service, kind, record in group:
                 by_service[service].append(record)
@@ -405,7 +409,7 @@ class _Generator:
         marked.attributes.append(_s(REQUEST_ID, request_id(index).decode()))
         for record in errors:
             record.attributes.append(_s(ERROR_REQUEST_ID, request_id(index).decode()))
-        while n < RECORDS_PER_REQUEST:  # top up with background logs of no trace
+        while n < self.per_request:  # top up with background logs of no trace
             by_service["shop-worker"].append(self.app_log(None))
             self.mix["app:background"] = self.mix.get("app:background", 0) + 1
             n += 1
@@ -425,8 +429,8 @@ class _Generator:
         return request, n, downgrades
 
 
-def _chunk(seed: int, variant: str, chunk: int, requests: int) -> tuple[list[bytes], int, dict[str, int]]:
-    generator = _Generator(seed, variant, chunk)
+def _chunk(seed: int, variant: str, chunk: int, requests: int, per_request: int) -> tuple[list[bytes], int, dict[str, int]]:
+    generator = _Generator(seed, variant, chunk, per_request)
     payloads = []
     expected = 0
     for i in range(requests):
@@ -436,15 +440,19 @@ def _chunk(seed: int, variant: str, chunk: int, requests: int) -> tuple[list[byt
     return payloads, expected, generator.mix
 
 
-def generate(records: int, seed: int = DEFAULT_SEED, variant: str = NORMAL, processes: int = 0) -> Workload:
-    """At least ``records`` records (whole requests), serialized before any timing starts.
+def generate(
+    records: int, seed: int = DEFAULT_SEED, variant: str = NORMAL, processes: int = 0, per_request: int = RECORDS_PER_REQUEST
+) -> Workload:
+    """At least ``records`` records (whole requests of ``per_request``), serialized before any timing starts.
 
     The load is cut into chunks of ``CHUNK_REQUESTS`` requests, each from its own seeded stream, so the
     bytes are the same however many ``processes`` (0: all cores) make them.
     """
-    requests = -(-records // RECORDS_PER_REQUEST)
+    if per_request < MIN_PER_REQUEST:
+        raise ValueError(f"records per request: at least {MIN_PER_REQUEST} (a trace's records share a request), not {per_request}")
+    requests = -(-records // per_request)
     sizes = [min(CHUNK_REQUESTS, requests - start) for start in range(0, requests, CHUNK_REQUESTS)]
-    jobs = [(seed, variant, i, n) for i, n in enumerate(sizes)]
+    jobs = [(seed, variant, i, n, per_request) for i, n in enumerate(sizes)]
     workers = min(len(jobs), processes or os.cpu_count() or 1)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -460,7 +468,7 @@ def generate(records: int, seed: int = DEFAULT_SEED, variant: str = NORMAL, proc
         for kind, n in chunk_mix.items():
             mix[kind] = mix.get(kind, 0) + n
     return Workload(
-        variant, seed, payloads, len(payloads) * RECORDS_PER_REQUEST, expected, dict(sorted(mix.items()))
+        variant, seed, payloads, len(payloads) * per_request, expected, dict(sorted(mix.items())), per_request
     )
 
 
