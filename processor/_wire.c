@@ -1387,6 +1387,67 @@ done:
     return result;
 }
 
+/* Fields `number` of wire type 2 in buf[start:stop], counted; -1 if the framing is broken. */
+static long count_fields(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop, uint32_t number,
+                         long (*inner)(const uint8_t *, Py_ssize_t, Py_ssize_t))
+{
+    long count = 0;
+    Py_ssize_t at = start;
+    while (at < stop) {
+        field_t f;
+        if (!next_field(buf, &at, stop, &f))
+            return -1;
+        if (f.number != number || f.wire_type != 2)
+            continue;
+        long found = inner == NULL ? 1 : inner(buf, f.start, f.end);
+        if (found < 0)
+            return -1;
+        count += found;
+    }
+    return count;
+}
+
+static long scope_logs_records(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop)
+{
+    return count_fields(buf, start, stop, 2, NULL); /* ScopeLogs.log_records */
+}
+
+static long resource_logs_records(const uint8_t *buf, Py_ssize_t start, Py_ssize_t stop)
+{
+    return count_fields(buf, start, stop, 2, scope_logs_records); /* ResourceLogs.scope_logs */
+}
+
+/* Per ResourceLogs, in order, its records: from the fields' tags and lengths alone, which is all the
+ * export's split needs to cut a request between ResourceLogs. index() would also check every string
+ * and value, which costs as much again as the pipeline's own walk: the request was checked when it came.
+ * A record is what assemble() writes and index() reports: a field 2 of wire type 2 of a ScopeLogs. */
+static PyObject *wire_record_counts(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "y*", &payload))
+        return NULL;
+    const uint8_t *buf = payload.buf;
+    PyObject *counts = PyList_New(0);
+    Py_ssize_t at = 0;
+    while (counts != NULL && at < payload.len) {
+        field_t f;
+        long records = 0;
+        if (!next_field(buf, &at, payload.len, &f) ||
+            (f.number == 1 && f.wire_type == 2 && (records = resource_logs_records(buf, f.start, f.end)) < 0)) {
+            Py_SETREF(counts, PyUnicode_FromString("broken framing: a field's tag, length or group does not fit its message"));
+            break;
+        }
+        if (f.number != 1 || f.wire_type != 2) /* not ExportLogsServiceRequest.resource_logs */
+            continue;
+        PyObject *count = PyLong_FromLong(records);
+        if (count == NULL || PyList_Append(counts, count) < 0)
+            Py_CLEAR(counts);
+        Py_XDECREF(count);
+    }
+    PyBuffer_Release(&payload);
+    return counts;
+}
+
 static PyMethodDef methods[] = {
     {"index", wire_index, METH_VARARGS,
      "index(payload, schema, keys, kinds, health_paths, min_severity, max_count) -> (spans, trace_ids, candidates, "
@@ -1398,6 +1459,8 @@ static PyMethodDef methods[] = {
      "resolve(trace_ids, own, inherited, fallback) -> (per record its verdict's wire_typed bytes, {verdict: records})"},
     {"may_match", wire_may_match, METH_VARARGS,
      "may_match(payload, spans, records, rules) -> the records some rule may match, by the needles in their bytes"},
+    {"record_counts", wire_record_counts, METH_VARARGS,
+     "record_counts(payload) -> per ResourceLogs its records, from the framing alone; or, if that is broken, what is wrong"},
     {"fields", wire_fields, METH_VARARGS,
      "fields(number, prefix, contents) -> bytes: prefix, then each of contents (a list of bytes) as field number"},
     {"record_text", wire_record_text, METH_VARARGS,

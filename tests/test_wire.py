@@ -632,6 +632,46 @@ def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLog
     assert ExportLogsServiceRequest.FromString(wire.assemble(payload, [b""] * len(found.trace_ids))) == decoded
 
 
+def _records_per_resource_logs(request: ExportLogsServiceRequest) -> list[int]:
+    return [sum(len(sl.log_records) for sl in rl.scope_logs) for rl in request.resource_logs]
+
+
+@_settings(300)
+@given(gen.requests(max_resources=3, max_records=5), st.data())
+def test_record_counts_from_the_framing_are_upbs_on_damaged_requests(request: ExportLogsServiceRequest, data) -> None:
+    """What upb decodes, ``record_counts`` counts as upb does per ResourceLogs (the export's split
+    goes by it); what it cannot frame, it refuses as Malformed, never anything else."""
+    payload = bytearray(request.SerializeToString())
+    if payload and data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 3))):
+            payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+    payload = bytes(payload)
+    try:
+        decoded = ExportLogsServiceRequest.FromString(payload)
+    except Exception:
+        decoded = None
+    try:
+        counts = wire.record_counts(payload)
+    except wire.Malformed:
+        assert decoded is None, "upb decodes what record_counts refused"
+        return
+    assert all(isinstance(count, int) and count >= 0 for count in counts)
+    if decoded is not None:
+        assert counts == _records_per_resource_logs(decoded)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5, 40])
+def test_record_counts_refuse_a_truncated_request(cut: int) -> None:
+    records = [LogRecord(body=AnyValue(string_value=f"record {i}")) for i in range(5)]
+    payload = ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(scope_logs=[ScopeLogs(log_records=records[:3]), ScopeLogs(log_records=records[3:])]),
+                       ResourceLogs(scope_logs=[ScopeLogs(log_records=records[:1])])]
+    ).SerializeToString()
+    assert wire.record_counts(payload) == [5, 1]
+    with pytest.raises(wire.Malformed, match="broken framing"):
+        wire.record_counts(payload[:-cut])
+
+
 def test_redaction_on_the_wire_path_matches_redacting_the_decoded_request() -> None:
     """Secrets found by the scan are redacted per record; the rest forwarded as they came."""
     redactor = Redactor()

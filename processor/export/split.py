@@ -24,20 +24,19 @@ _FRAME = 6
 def split(payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
     """``payload`` (a serialized ExportLogsServiceRequest, checked) as requests of at most
     ``max_bytes``, in order: (request, its record count) each."""
-    found = wire.index(payload, (), b"", (), _NO_CANDIDATES)
-    per_resource = [0] * len(found.resources)
-    groups_of: list[list[tuple]] = [[] for _ in found.resources]  # per ResourceLogs, its ScopeLogs
-    for group in found.groups:
-        per_resource[group[0]] += group[4]
-        groups_of[group[0]].append(group)
+    # The framing's counts suffice to cut between ResourceLogs, where a Collector's batch of 8,000
+    # records is cut: with index()'s full walk of the request that split cost 0.6 µs per record, 0.3
+    # without. The walk is needed only to cut inside a ResourceLogs.
+    per_resource = wire.record_counts(payload)
     if len(payload) <= max_bytes:
         return [(payload, sum(per_resource))]
     try:
-        fields = list(_fields(payload))
+        fields = list(_fields(memoryview(payload)))  # views: each part is copied once, when it is joined
     except _Unsplittable:
         return [(payload, sum(per_resource))]
+    found = None
     parts: list[tuple[bytes, int]] = []
-    pieces: list[bytes] = []
+    pieces: list[bytes | memoryview] = []
     size = records = 0
     which = 0
     for tag, field in fields:
@@ -45,7 +44,10 @@ def split(payload: bytes, max_bytes: int) -> list[tuple[bytes, int]]:
         if not resource_logs or len(field) <= max_bytes:  # a ResourceLogs that fits, or a field unknown to OTLP
             cut = [(field, per_resource[which] if resource_logs else 0)]
         else:
-            cut = _cut_resource_logs(payload, field, groups_of[which], found.spans, max_bytes)
+            if found is None:
+                found = wire.index(payload, (), b"", (), _NO_CANDIDATES)
+            groups = [group for group in found.groups if group[0] == which]
+            cut = _cut_resource_logs(payload, field, groups, found.spans, max_bytes)
         which += resource_logs
         for piece, count in cut:
             if pieces and size + len(piece) > max_bytes:
@@ -99,9 +101,9 @@ def _resource_logs_field(resource_logs: bytes, scopes: list[bytes]) -> bytes:
     return wire.fields(1, b"", [wire.fields(2, resource_logs, scopes)])
 
 
-def _fields(message: bytes):
-    """(tag, the field's bytes: tag and value) for each field of a message that
-    ``wire.index`` checked: upb decodes it, so its framing is sound."""
+def _fields(message: memoryview):
+    """(tag, the field's bytes: tag and value) for each field of a message whose framing
+    ``wire.record_counts`` found sound."""
     at = 0
     end = len(message)
     while at < end:

@@ -75,7 +75,12 @@ def proto(data: bytes) -> None:
     request = intake_decode(data, "protobuf")
     # The intake's check without decoding (processor/_wire.c) refuses exactly what upb refuses.
     assert (wire.problem(data) is None) == (request is not None), wire.problem(data)
+    try:
+        counts = wire.record_counts(data)  # what the export's split reads: the framing alone
+    except wire.Malformed:
+        counts = None
     if request is not None:
+        assert counts == [sum(len(sl.log_records) for sl in rl.scope_logs) for rl in request.resource_logs], counts
         check_everywhere(CHECKERS.values(), request, data)  # the payload too, as Intake.accept passes it
 
 
