@@ -608,15 +608,20 @@ def test_assemble_appends_replaces_leaves_out_and_rewrites_resources() -> None:
         wire.assemble(payload, ["text"] * 4)
 
 
+def _damaged(payload: bytes, data) -> bytes:
+    """``payload`` with one to three of its bytes overwritten, at places hypothesis draws."""
+    damaged = bytearray(payload)
+    if damaged:
+        for _ in range(data.draw(st.integers(1, 3))):
+            damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    return bytes(damaged)
+
+
 @_settings(300)
 @given(gen.requests(max_resources=2, max_records=4), st.data())
 def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLogsServiceRequest, data) -> None:
     """Whatever upb accepts, the walk reads and writes back unchanged; what it refuses, index refuses as Malformed."""
-    payload = bytearray(request.SerializeToString())
-    if payload:
-        for _ in range(data.draw(st.integers(1, 3))):
-            payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
-    payload = bytes(payload)
+    payload = _damaged(request.SerializeToString(), data)
     try:
         decoded = ExportLogsServiceRequest.FromString(payload)
     except Exception:
@@ -632,20 +637,14 @@ def test_a_damaged_request_is_refused_by_upb_or_walked_safely(request: ExportLog
     assert ExportLogsServiceRequest.FromString(wire.assemble(payload, [b""] * len(found.trace_ids))) == decoded
 
 
-def _records_per_resource_logs(request: ExportLogsServiceRequest) -> list[int]:
-    return [sum(len(sl.log_records) for sl in rl.scope_logs) for rl in request.resource_logs]
-
-
 @_settings(300)
 @given(gen.requests(max_resources=3, max_records=5), st.data())
 def test_record_counts_from_the_framing_are_upbs_on_damaged_requests(request: ExportLogsServiceRequest, data) -> None:
     """What upb decodes, ``record_counts`` counts as upb does per ResourceLogs (the export's split
     goes by it); what it cannot frame, it refuses as Malformed, never anything else."""
-    payload = bytearray(request.SerializeToString())
-    if payload and data.draw(st.booleans()):
-        for _ in range(data.draw(st.integers(1, 3))):
-            payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
-    payload = bytes(payload)
+    payload = request.SerializeToString()
+    if data.draw(st.booleans()):
+        payload = _damaged(payload, data)
     try:
         decoded = ExportLogsServiceRequest.FromString(payload)
     except Exception:
@@ -657,7 +656,7 @@ def test_record_counts_from_the_framing_are_upbs_on_damaged_requests(request: Ex
         return
     assert all(isinstance(count, int) and count >= 0 for count in counts)
     if decoded is not None:
-        assert counts == _records_per_resource_logs(decoded)
+        assert counts == [sum(len(sl.log_records) for sl in rl.scope_logs) for rl in decoded.resource_logs]
 
 
 @pytest.mark.parametrize("cut", [1, 2, 5, 40])
