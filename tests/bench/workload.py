@@ -449,7 +449,7 @@ def generate(
     bytes are the same however many ``processes`` (0: all cores) make them.
     """
     if per_request < MIN_PER_REQUEST:
-        raise ValueError(f"records per request: at least {MIN_PER_REQUEST} (a trace's records share a request), not {per_request}")
+        raise ValueError(f"at least {MIN_PER_REQUEST} records per request (a trace's records share one), not {per_request}")
     requests = -(-records // per_request)
     sizes = [min(CHUNK_REQUESTS, requests - start) for start in range(0, requests, CHUNK_REQUESTS)]
     jobs = [(seed, variant, i, n, per_request) for i, n in enumerate(sizes)]
