@@ -24,6 +24,7 @@ from .conftest import (
     Sink,
     attributes,
     export_request,
+    http_get,
     http_post,
     log_record,
     records_of,
@@ -261,6 +262,32 @@ def test_stdout_mode_prints_one_otlp_json_line_per_request(processor):
             assert (error["severityNumber"], error["severityText"]) == (ERROR, "ERROR")
             assert json_attributes(error)["triage.source"] == "user"
             assert "triage.rule" not in json_attributes(error)
+
+
+def test_stdout_mode_answers_health_checks_while_it_prints_a_large_request(processor):
+    """Printing is Python (json_format: ~150 µs per record): a 16,000-record request took ~2.5 s to
+    print, and in the event loop it held health checks and every other client for all of it."""
+    import time
+
+    proc = processor()
+    fields = {f"app.attribute_{n}": f"value {n}" for n in range(8)}
+    request = export_request(*(log_record(f"record {i}", **fields) for i in range(16_000)))
+    assert http_post(proc.http_url, request.SerializeToString())[0] == 200
+
+    def printed() -> bool:  # all of it (the exporter cuts it in two: enriched, it is over 4 MiB)
+        out = proc.stdout_path.read_bytes()
+        return out.endswith(b"\n") and out.count(b'"stringValue":"record ') == 16_000
+
+    started = time.monotonic()
+    answered = []
+    while not printed():
+        assert http_get(proc.admin_url + "/healthz", timeout=60)[0] == 200
+        answered.append(time.monotonic())
+        assert answered[-1] - started < 60, "the request was not printed within a minute"
+    finished = time.monotonic()
+    gaps = [later - earlier for earlier, later in zip([started, *answered], [*answered, finished])]
+    assert max(gaps) < 0.5 * (finished - started), (max(gaps), finished - started, len(answered))
+    assert sum(len(json_records(line)) for line in proc.stdout_lines()) == 16_000
 
 
 # --- metrics agree with the traffic --------------------------------------------------------------------
