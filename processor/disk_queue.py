@@ -129,11 +129,22 @@ class DiskQueue(QueueAccounting):
         future = self._loop.create_future()
         self._ops.put(("put", (batch.payload, batch.records), future))
         try:
-            row_id = await future
+            # Shielded: a caller that gives up (a client's deadline cancels its handler) does not stop
+            # the write, so the batch is indexed when it lands, rather than found after a restart.
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda written: self._landed(written, batch.records, size))
+            raise
         except BaseException:
             self._count_out(size, batch.records)
             raise
-        self._index.append((row_id, batch.records, size))
+        self._landed(future, batch.records, size)
+
+    def _landed(self, written: asyncio.Future, records: int, size: int) -> None:
+        if written.cancelled() or written.exception() is not None:
+            self._count_out(size, records)
+            return
+        self._index.append((written.result(), records, size))
         self._wakeup.set()
 
     async def get(self) -> Batch:

@@ -169,12 +169,18 @@ class Intake:
                 # This request is refused (its sender retries it), but the released records were
                 # acknowledged when they came: they still go.
                 if released is not None:
-                    await self._queue_acknowledged(released)
+                    await asyncio.shield(self._queue_acknowledged(released))
+                raise
+            except asyncio.CancelledError:
+                # Its caller gave up (a client's deadline) while the persistent queue wrote it: the
+                # write goes on, with the released records if they went together; if not, they go now.
+                if released is not None and not together:
+                    await asyncio.shield(self._queue_acknowledged(released))
                 raise
             if together:
                 released = None  # gone with the request
         if released is not None:
-            await self._queue_acknowledged(released)
+            await asyncio.shield(self._queue_acknowledged(released))
         return stats
 
     def _process_body(self, serialized: bytes, now: float) -> tuple[bytes, Stats]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,31 @@ class TestDiskQueue:
 
         assert run(scenario()) == 300
 
+    def test_a_put_whose_caller_gives_up_still_goes(self, tmp_path: Path) -> None:
+        """A client's deadline cancels its handler while the batch is written, not the write: the
+        batch lands on disk either way, and must go now (it waited there, unindexed, for a restart)."""
+
+        async def scenario() -> None:
+            q = DiskQueue(str(tmp_path), max_bytes=1 << 20)
+            other = sqlite3.connect(q.path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock: the writer waits (busy timeout, 5 s)
+            putting = asyncio.create_task(q.put(Batch(b"payload", records=3)))
+            await asyncio.sleep(0.2)
+            assert not putting.done()
+            putting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await putting
+            other.execute("COMMIT")
+            other.close()
+            got = await asyncio.wait_for(q.get(), 10)
+            assert (got.payload, got.records) == (b"payload", 3)
+            assert q.records == 3  # its room stays taken until it is delivered
+            q.done(got)
+            await q.wait_idle()
+            await q.close()
+
+        run(scenario())
+
     def test_second_process_on_same_directory_is_refused(self, tmp_path: Path) -> None:
         """Two processes on one queue would send everything twice: the second is refused."""
 
@@ -100,3 +126,50 @@ class TestDiskQueue:
 
         with pytest.raises(QueueDirError, match="move it aside"):
             run(scenario())
+
+
+@pytest.mark.parametrize("merge_limit_bytes", [0, None], ids=["queued-apart", "queued-together"])
+def test_released_records_go_when_their_requests_caller_gives_up(tmp_path: Path, merge_limit_bytes) -> None:
+    """A request's evidence releases an error held earlier (acknowledged then); the request's caller
+    gives up while its batch is written. The request may be retried, but the released error has no
+    one to retry it: queued apart, it was lost (the handler was cancelled before it was queued).
+    Queued together with the request, it goes with it, once."""
+    from processor.intake import PROTOBUF, Intake
+    from processor.metrics import Metrics
+
+    from .conftest import attributes, export_request, log_record
+    from .helpers import pipeline, records
+
+    trace = bytes(range(16))
+    auth0 = 'Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: "AccessTokenError" }'
+    error = export_request(log_record(auth0, 17, trace, test__id=1)).SerializeToString()
+    monitor = export_request(
+        log_record("GET /dashboard 401", 9, trace, user_agent__original="Datadog/Synthetics", test__id=2)
+    ).SerializeToString()
+
+    async def scenario() -> list[tuple[int, int]]:
+        q = DiskQueue(str(tmp_path), max_bytes=1 << 20)
+        intake = Intake(pipeline(), q, Metrics(), 1 << 30, merge_limit_bytes=merge_limit_bytes)
+        assert (await intake.accept(error, PROTOBUF, "grpc")).held == 1
+        other = sqlite3.connect(q.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the queue's writes wait
+        accepting = asyncio.create_task(intake.accept(monitor, PROTOBUF, "grpc"))
+        await asyncio.sleep(0.2)
+        assert not accepting.done()
+        accepting.cancel()
+        await asyncio.sleep(0.1)
+        other.execute("COMMIT")
+        other.close()
+        with pytest.raises(asyncio.CancelledError):  # once the released error is queued
+            await accepting
+        seen = []
+        while len(seen) < 2:
+            batch = await asyncio.wait_for(q.get(), 10)
+            seen += [(attributes(r)["test.id"], r.severity_number) for r in records(batch.payload)]
+            q.done(batch)
+        await q.wait_idle()
+        assert q.records == 0  # nothing queued twice
+        await q.close()
+        return sorted(seen)
+
+    assert run(scenario()) == [(1, 5), (2, 9)]  # the error, downgraded by the monitor's evidence; the monitor
