@@ -25,11 +25,10 @@ from processor.status import Rejected
 from processor.redact import Redactor
 from processor.service import build_pipeline
 
-from .helpers import attributes, pipeline, records
+from .helpers import AUTH0, attributes, pipeline, records
 
 DATADOG = "Datadog/Synthetics"
 CHROME = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
-AUTH0 = 'Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: "AccessTokenError" }'
 
 
 def trace(n: int) -> bytes:

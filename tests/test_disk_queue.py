@@ -138,11 +138,10 @@ def test_released_records_go_when_their_requests_caller_gives_up(tmp_path: Path,
     from processor.metrics import Metrics
 
     from .conftest import attributes, export_request, log_record
-    from .helpers import pipeline, records
+    from .helpers import AUTH0, pipeline, records
 
     trace = bytes(range(16))
-    auth0 = 'Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: "AccessTokenError" }'
-    error = export_request(log_record(auth0, 17, trace, test__id=1)).SerializeToString()
+    error = export_request(log_record(AUTH0, 17, trace, test__id=1)).SerializeToString()
     monitor = export_request(
         log_record("GET /dashboard 401", 9, trace, user_agent__original="Datadog/Synthetics", test__id=2)
     ).SerializeToString()

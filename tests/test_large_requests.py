@@ -30,9 +30,8 @@ from processor.queue import Batch, BoundedQueue
 from processor.receivers.grpc import GrpcReceiver
 
 from .conftest import EXPORT_METHOD, GrpcClient, attributes, export_request, http_get, http_post, log_record
-from .helpers import pipeline, records
+from .helpers import AUTH0, pipeline, records
 
-AUTH0 = 'Middleware error refreshing access token or session: { code: "ERR_MISSING_SESSION", name: "AccessTokenError" }'
 ERRORS = 40_000  # ~6 MiB: ~0.7 s of pipeline here, all of it on the event loop before
 
 
