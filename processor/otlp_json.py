@@ -61,7 +61,6 @@ def decode(payload: bytes, message: M, check: Callable[[dict], None] | None = No
 
 
 def _decode(payload: bytes, message: M, check: Callable[[dict], None] | None) -> M:
-    document = None
     try:
         try:
             document = orjson.loads(payload)
